@@ -1,0 +1,84 @@
+"""`fedswarm ...`: one entry point; each layer registers its own sub-commands.
+
+A layer exposes ``register(subparsers)`` in its ``commands`` module; the command function is
+stored as ``func`` on the parsed namespace and returns an exit code. Benchmarks live in each
+layer's ``bench`` module as ``main(args) -> int`` and are reached as ``fedswarm bench LAYER``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+# Modules providing `register(subparsers)`; imported lazily so a broken optional layer
+# (or a heavy import such as torch) never slows down or breaks unrelated commands.
+COMMAND_MODULES = [
+    "fedswarm.commands_node",
+    "fedswarm.devnet.commands",
+    "fedswarm.storage.commands",
+    "fedswarm.ledger.commands",
+    "fedswarm.learning.commands",
+    "fedswarm.roles.commands",
+]
+
+BENCH_LAYERS = {
+    "p2p": "fedswarm.p2p.bench",
+    "storage": "fedswarm.storage.bench",
+    "ledger": "fedswarm.ledger.bench",
+    "learning": "fedswarm.learning.bench",
+    "job": "fedswarm.roles.bench",
+    "all": "fedswarm.bench_all",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="fedswarm", description=__doc__.splitlines()[0])
+    parser.add_argument("--log-level", default=None, help="DEBUG, INFO, WARNING (default INFO)")
+    parser.add_argument("--log-json", action="store_true", default=None, help="JSON-lines logs")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for modname in COMMAND_MODULES:
+        try:
+            mod = importlib.import_module(modname)
+        except ModuleNotFoundError as exc:
+            if exc.name and modname.startswith(exc.name):
+                continue  # layer not built yet
+            raise
+        mod.register(sub)
+
+    bench = sub.add_parser("bench", help="benchmarks of one layer against the machine's limits")
+    bench.add_argument("layer", choices=sorted(BENCH_LAYERS))
+    bench.add_argument("--json", action="store_true", help="print one JSON object")
+    bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
+    bench.add_argument("--workdir", default=None, help="where scratch files go")
+    bench.set_defaults(func=_run_bench)
+    return parser
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    mod = importlib.import_module(BENCH_LAYERS[args.layer])
+    return int(mod.main(args) or 0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from fedswarm.config import ConfigError
+    from fedswarm.logs import setup_logging
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    setup_logging(args.log_level or "INFO", bool(args.log_json))
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as exc:
+        print(f"fedswarm: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

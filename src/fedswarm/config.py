@@ -1,0 +1,121 @@
+"""Settings from the environment, `.env` and CLI flags, and the one place backends are chosen.
+
+Nothing set means the devnet: the local signed-URL store, anvil with the escrow contract and
+the local topic log, whose endpoints a running `fedswarm devnet up --home DIR` writes to
+``DIR/devnet.json``. The seed's variable names keep their meaning (``AWS_ACCESS_KEY_ID``,
+``AWS_SECRET_ACCESS_KEY``, ``OPERATOR_ID``, ``OPERATOR_KEY``, ``CONTRACT_ID``, ``TOPIC_ID``,
+``BOOTSTRAP_ADDR``, ``NETWORK``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+Network = Literal["devnet", "testnet", "mainnet", "previewnet"]
+
+DEFAULT_ROOT = Path(os.environ.get("FEDSWARM_ROOT", "~/.fedswarm")).expanduser()
+DEVNET_STATE_FILE = "devnet.json"
+
+
+class ConfigError(ValueError):
+    """A setting is missing or inconsistent; the message says which and what to do."""
+
+
+class Settings(BaseSettings):
+    """Every setting a node or command reads. Environment names are the field names upper-cased
+    (``NETWORK``, ``BOOTSTRAP_ADDR``...), prefixed only where the seed had no name."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+    )
+
+    network: Network = "devnet"
+    home: Path | None = Field(default=None, alias="FEDSWARM_HOME")
+    devnet_home: Path | None = Field(default=None, alias="FEDSWARM_DEVNET_HOME")
+    log_json: bool = Field(default=False, alias="FEDSWARM_LOG_JSON")
+    log_level: str = Field(default="INFO", alias="FEDSWARM_LOG_LEVEL")
+
+    # P2P
+    bootstrap_addr: str | None = None
+    listen: str = Field(default="/ip4/127.0.0.1/tcp/0", alias="FEDSWARM_LISTEN")
+    api: str = Field(default="127.0.0.1:0", alias="FEDSWARM_API")
+    api_token: SecretStr | None = Field(default=None, alias="FEDSWARM_API_TOKEN")
+
+    # Object storage (Akave O3 / S3); empty means the devnet store.
+    aws_access_key_id: SecretStr | None = None
+    aws_secret_access_key: SecretStr | None = None
+    s3_endpoint: str | None = Field(default=None, alias="FEDSWARM_S3_ENDPOINT")
+    s3_region: str = Field(default="akave-network", alias="FEDSWARM_S3_REGION")
+    s3_bucket: str = Field(default="fedswarm", alias="FEDSWARM_S3_BUCKET")
+    s3_create_bucket: bool = Field(default=True, alias="FEDSWARM_S3_CREATE_BUCKET")
+
+    # Ledger (Hedera / anvil)
+    operator_id: str | None = None
+    operator_key: SecretStr | None = None
+    contract_id: str | None = None
+    topic_id: str | None = None
+    relay_url: str | None = Field(default=None, alias="FEDSWARM_RELAY_URL")
+    mirror_url: str | None = Field(default=None, alias="FEDSWARM_MIRROR_URL")
+
+    @field_validator("log_level")
+    @classmethod
+    def _upper(cls, v: str) -> str:
+        return v.upper()
+
+    @property
+    def is_devnet(self) -> bool:
+        return self.network == "devnet"
+
+    def node_home(self, name: str) -> Path:
+        """The home directory of node ``name`` (``--home`` wins, else ``~/.fedswarm/<name>``)."""
+        return (self.home or DEFAULT_ROOT / name).expanduser()
+
+    def devnet_dir(self) -> Path:
+        return (self.devnet_home or DEFAULT_ROOT / "devnet").expanduser()
+
+    def devnet_state(self) -> dict[str, Any]:
+        """Read the endpoints a running devnet wrote; a clear error if there is none."""
+        return load_devnet_state(self.devnet_dir())
+
+
+def load_devnet_state(devnet_home: Path) -> dict[str, Any]:
+    """Endpoints and dev credentials of the devnet under ``devnet_home``."""
+    path = Path(devnet_home).expanduser() / DEVNET_STATE_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(
+            f"no devnet found at {path}: start one with `fedswarm devnet up --home {devnet_home}`"
+            " or set NETWORK and the storage/ledger variables"
+        ) from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"devnet state {path} is corrupt ({exc}); restart the devnet") from None
+
+
+def write_devnet_state(devnet_home: Path, updates: dict[str, Any]) -> dict[str, Any]:
+    """Merge ``updates`` into the devnet state file (0600, it holds dev secrets)."""
+    devnet_home = Path(devnet_home).expanduser()
+    devnet_home.mkdir(parents=True, exist_ok=True)
+    path = devnet_home / DEVNET_STATE_FILE
+    state: dict[str, Any] = {}
+    if path.exists():
+        state = json.loads(path.read_text())
+    state.update(updates)
+    tmp = path.with_suffix(".tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(state, fh, indent=2)
+    os.replace(tmp, path)
+    return state
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from env/.env, with CLI flag values (non-None) taking precedence."""
+    clean = {k: v for k, v in overrides.items() if v is not None}
+    return Settings(**clean)

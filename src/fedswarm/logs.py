@@ -1,0 +1,61 @@
+"""One logging setup for every process: rich console or JSON lines, libp2p routed in."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+import time
+
+
+class JsonLineFormatter(logging.Formatter):
+    """One JSON object per record (ts, level, logger, msg and any ``extra`` fields)."""
+
+    _skip = set(logging.makeLogRecord({}).__dict__) | {"message", "asctime"}
+
+    def format(self, record: logging.LogRecord) -> str:
+        out = {
+            "ts": round(record.created, 3),
+            "level": record.levelname,
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        for key, value in record.__dict__.items():
+            if key not in self._skip:
+                out[key] = value if isinstance(value, str | int | float | bool | None) else str(value)
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def setup_logging(level: str = "INFO", json_lines: bool = False, name: str | None = None) -> None:
+    """Configure the root logger once. libp2p sets ``propagate=False`` on import; undo it so its
+    warnings reach our handlers (quietened to WARNING: it is noisy at INFO)."""
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    if json_lines:
+        handler: logging.Handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(JsonLineFormatter())
+    else:
+        from rich.logging import RichHandler
+
+        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+        if name:
+            handler.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
+    root.addHandler(handler)
+    root.setLevel(level)
+    route_libp2p_logging()
+    logging.Formatter.converter = time.gmtime
+
+
+def route_libp2p_logging(level: int = logging.WARNING) -> None:
+    """Send the ``libp2p`` logger tree through the root handlers at ``level``."""
+    for lname in list(logging.root.manager.loggerDict):
+        if lname == "libp2p" or lname.startswith("libp2p."):
+            lg = logging.getLogger(lname)
+            lg.propagate = True
+            lg.handlers.clear()
+    lg = logging.getLogger("libp2p")
+    lg.setLevel(level)
+    lg.propagate = True
