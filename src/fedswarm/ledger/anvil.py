@@ -1,0 +1,182 @@
+"""The devnet chain: anvil on 127.0.0.1 with ``--state`` persistence and the escrow deployed.
+
+:func:`start_anvil` spawns anvil as a separate process, waits until it answers, deploys
+FedSwarmEscrow once (the deployment is recorded in the state dir and survives restarts because
+anvil's ``--state`` file keeps the chain) and returns ``(popen, info)`` where ``info`` is the
+``{"chain": {...}}`` block for ``devnet.json``. :func:`fund` gives a node's wallet some ETH
+from the faucet account.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from eth_account import Account
+from web3 import Web3
+
+from fedswarm.ledger.contract import load_artifact
+from fedswarm.tools import tool_path
+
+CHAIN_ID = 31337
+STATE_FILE = "anvil-state.json"
+DEPLOYMENT_FILE = "deployment.json"
+LOG_FILE = "anvil.log"
+# anvil's well-known dev keys (mnemonic "test test ... junk"): account 0 deploys, 1 is the faucet.
+DEPLOYER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
+FAUCET_KEY = "0x59c6995e998f97a5a0044966f0945389dc9e86dae88c7a8412f4603b6b78690d"
+_LISTEN = re.compile(rb"Listening on ([0-9.]+):(\d+)")
+
+
+class AnvilError(RuntimeError):
+    """anvil could not be started or prepared; the message says why and what to do."""
+
+
+def start_anvil(
+    state_dir: Path, port: int = 0, block_time: float | None = None, timeout: float = 60.0
+) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start anvil for the devnet under ``state_dir`` and make sure the contract is deployed.
+
+    ``port`` 0 lets anvil pick a free port (read back from its banner, so no race).
+    ``block_time`` (seconds) mimics Hedera's ~2 s blocks; None mines on every transaction.
+    Returns the process and ``{"chain": {rpc_url, chain_id, contract_address, deployer_key,
+    faucet_key, deploy_block}}``. The caller stops the process (SIGTERM makes anvil write its
+    state file; it also dumps every few seconds in case it is killed).
+    """
+    state_dir = Path(state_dir).expanduser()
+    state_dir.mkdir(parents=True, exist_ok=True)
+    cmd = [
+        str(tool_path("anvil")),
+        "--host", "127.0.0.1",
+        "--port", str(port),
+        "--hardfork", "cancun",
+        "--chain-id", str(CHAIN_ID),
+        "--state", str(state_dir / STATE_FILE),
+        "--state-interval", "2",
+        "--accounts", "10",
+        "--balance", "1000000",
+    ]
+    if block_time:
+        cmd += ["--block-time", str(block_time)]
+    logf = open(state_dir / LOG_FILE, "ab")  # noqa: SIM115 (the reader thread owns it)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    found = threading.Event()
+    addr: list[tuple[str, int]] = []
+
+    def pump() -> None:
+        # Copy anvil's output to its log file, noting the port it announces.
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            logf.write(line)
+            logf.flush()
+            if not found.is_set() and (m := _LISTEN.search(line)):
+                addr.append((m.group(1).decode(), int(m.group(2))))
+                found.set()
+        logf.close()
+        found.set()
+
+    threading.Thread(target=pump, name="anvil-log", daemon=True).start()
+    try:
+        if not found.wait(timeout) or not addr:
+            raise AnvilError(
+                f"anvil did not start (exit {proc.poll()}); see {state_dir / LOG_FILE}"
+            )
+        rpc_url = f"http://{addr[0][0]}:{addr[0][1]}"
+        w3 = _wait_ready(rpc_url, proc, timeout)
+        contract, block = ensure_deployed(w3, state_dir)
+    except BaseException:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        raise
+    info = {
+        "chain": {
+            "rpc_url": rpc_url,
+            "chain_id": CHAIN_ID,
+            "contract_address": contract,
+            "deploy_block": block,
+            "deployer_key": DEPLOYER_KEY,
+            "faucet_key": FAUCET_KEY,
+            "pid": proc.pid,
+        }
+    }
+    return proc, info
+
+
+def _wait_ready(rpc_url: str, proc: subprocess.Popen[bytes], timeout: float) -> Web3:
+    w3 = Web3(Web3.HTTPProvider(rpc_url, request_kwargs={"timeout": 5}))
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise AnvilError(f"anvil exited with {proc.returncode} while starting")
+        try:
+            if w3.eth.chain_id == CHAIN_ID:
+                return w3
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise AnvilError(f"anvil at {rpc_url} did not answer within {timeout:.0f} s")
+
+
+def ensure_deployed(w3: Web3, state_dir: Path) -> tuple[str, int]:
+    """Return ``(contract_address, deploy_block)``, deploying only if the address recorded in
+    ``state_dir`` holds no code or other code (a fresh chain, or a recompiled contract)."""
+    artifact = load_artifact()
+    record_path = Path(state_dir) / DEPLOYMENT_FILE
+    if record_path.exists():
+        try:
+            rec = json.loads(record_path.read_text())
+            code = w3.eth.get_code(Web3.to_checksum_address(rec["contract_address"]))
+            if "0x" + bytes(code).hex() == artifact.deployed_bytecode.lower():
+                return rec["contract_address"], int(rec["deploy_block"])
+        except (ValueError, KeyError):
+            pass  # unreadable record: deploy afresh
+    deployer = Account.from_key(DEPLOYER_KEY)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    tx = factory.constructor().build_transaction(
+        {
+            "from": deployer.address,
+            "nonce": w3.eth.get_transaction_count(deployer.address, "pending"),
+            "chainId": CHAIN_ID,
+        }
+    )
+    signed = deployer.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
+    if receipt["status"] != 1:
+        raise AnvilError("deploying FedSwarmEscrow failed on anvil; see the anvil log")
+    rec = {
+        "contract_address": receipt["contractAddress"],
+        "deploy_block": int(receipt["blockNumber"]),
+        "source_sha256": artifact.source_sha256,
+    }
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    os.replace(tmp, record_path)
+    return rec["contract_address"], rec["deploy_block"]
+
+
+def fund(chain: dict[str, Any], address: str, wei: int) -> str:
+    """Send ``wei`` from the devnet faucet to ``address``; returns the transaction hash.
+
+    ``chain`` is the ``"chain"`` block of devnet.json. Safe to call from several processes at
+    once: the Ledger's nonce manager resyncs and retries when another sender took the nonce.
+    """
+    from fedswarm.ledger.evm import Ledger
+
+    faucet = Ledger(
+        rpc_url=chain["rpc_url"],
+        contract_address=chain["contract_address"],
+        account=Account.from_key(chain["faucet_key"]),
+        chain_id=int(chain["chain_id"]),
+        retries=8,
+    )
+    return faucet.transfer(address, wei).tx_hash
