@@ -1,0 +1,484 @@
+"""The audit log: an append-only topic per job where trainers stream their state.
+
+Two backends behind one interface, :class:`AuditLog`:
+
+- :class:`LocalAuditLog` talks to the devnet topic log (:mod:`fedswarm.ledger.auditserver`)
+  over HTTP and signs every submission with the node's Ed25519 key;
+- :class:`HederaAuditLog` submits to the Hedera Consensus Service with hiero-sdk-python and
+  reads through the mirror node's REST API.
+
+Both read the same mirror-node JSON, so :mod:`fedswarm.ledger.verify` checks either. Messages
+longer than one chunk (1024 bytes) are split like Hedera's SDKs do: every chunk is its own
+transaction (own sequence number and running hash) carrying ``chunk_info`` = (initial
+transaction id, number, total); :class:`ChunkAssembler` puts them back together.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import threading
+import time
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urljoin
+
+import httpx
+
+from fedswarm.ledger.verify import format_timestamp
+
+CHUNK_SIZE = 1024
+MAX_CHUNKS = 20
+PAGE_LIMIT = 100
+SUBMIT_DOMAIN = b"fedswarm/audit/submit/1\n"
+CREATE_DOMAIN = b"fedswarm/audit/create-topic/1\n"
+
+
+class AuditError(RuntimeError):
+    """An audit-log operation failed; the message says what and what to do."""
+
+
+@dataclass(frozen=True)
+class SequenceInfo:
+    """Where one submitted chunk landed (one per chunk, like Hedera's receipts)."""
+
+    topic_id: str
+    sequence_number: int
+    running_hash: bytes
+    transaction_id: str
+    consensus_timestamp: str | None = None  # Hedera receipts do not carry it
+    payer_account_id: str | None = None
+
+
+@dataclass
+class MirrorPage:
+    """One page of ``GET /api/v1/topics/{id}/messages`` (the mirror node's JSON shape)."""
+
+    messages: list[dict[str, Any]]
+    next: str | None = None
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> MirrorPage:
+        """Validate the outer shape of a mirror-node response."""
+        messages = data.get("messages") if isinstance(data, Mapping) else None
+        if not isinstance(messages, list):
+            raise AuditError("mirror response has no 'messages' list: not a mirror-node page")
+        links = data.get("links") or {}
+        nxt = links.get("next") if isinstance(links, Mapping) else None
+        return cls(messages=list(messages), next=nxt if isinstance(nxt, str) else None)
+
+    def to_json(self) -> dict[str, Any]:
+        """The page as the mirror node writes it (for saving and ``audit verify``)."""
+        return {"messages": self.messages, "links": {"next": self.next}}
+
+
+@dataclass(frozen=True)
+class AuditMessage:
+    """A whole (re-assembled) message: the payload and the chunks it came in."""
+
+    topic_id: str
+    payload: bytes
+    payer_account_id: str
+    first_sequence: int
+    last_sequence: int
+    consensus_timestamp: str  # of the last chunk: when the message became complete
+    chunks: int = 1
+
+    def json(self) -> Any:
+        """The payload parsed as JSON (messages submitted as dicts are canonical JSON)."""
+        return json.loads(self.payload)
+
+
+def encode_message(message: bytes | Mapping[str, Any]) -> bytes:
+    """Bytes as they are; a dict as canonical JSON (sorted keys, compact, UTF-8)."""
+    if isinstance(message, bytes | bytearray | memoryview):
+        data = bytes(message)
+    elif isinstance(message, Mapping):
+        data = json.dumps(message, sort_keys=True, separators=(",", ":")).encode()
+    else:
+        raise TypeError(f"audit message must be bytes or a dict, got {type(message).__name__}")
+    if not data:
+        raise AuditError("empty audit message: the network refuses empty messages")
+    return data
+
+
+def split_chunks(data: bytes, chunk_size: int = CHUNK_SIZE, max_chunks: int = MAX_CHUNKS) -> list[bytes]:
+    """Split like Hedera's SDKs: ``chunk_size`` pieces, at most ``max_chunks`` of them."""
+    chunks = [data[i : i + chunk_size] for i in range(0, len(data), chunk_size)]
+    if len(chunks) > max_chunks:
+        raise AuditError(
+            f"audit message of {len(data)} bytes needs {len(chunks)} chunks, more than the "
+            f"{max_chunks} allowed ({max_chunks * chunk_size} bytes); store it and log a pointer"
+        )
+    return chunks
+
+
+def submit_signing_bytes(
+    topic_id: str, valid_start: str, message_b64: str, chunk: Mapping[str, Any] | None
+) -> bytes:
+    """What a devnet submission's Ed25519 signature covers (domain-separated canonical JSON)."""
+    body = {"chunk": chunk, "message": message_b64, "topic_id": topic_id, "valid_start": valid_start}
+    return SUBMIT_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def create_signing_bytes(memo: str, valid_start: str) -> bytes:
+    """What a devnet topic creation's signature covers."""
+    body = {"memo": memo, "valid_start": valid_start}
+    return CREATE_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+class ChunkAssembler:
+    """Re-assembles chunked messages from mirror-node messages fed in consensus order.
+
+    Chunks of one message share ``chunk_info.initial_transaction_id``; chunks of different
+    messages (even from the same payer) may interleave. :meth:`add` returns the whole message
+    once its last missing chunk arrives, else None.
+    """
+
+    def __init__(self) -> None:
+        self._pending: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+
+    @property
+    def pending(self) -> int:
+        """How many messages are waiting for chunks."""
+        return len(self._pending)
+
+    def add(self, msg: Mapping[str, Any]) -> AuditMessage | None:
+        """Take one mirror-node message; the complete AuditMessage when one is complete."""
+        info = msg.get("chunk_info")
+        if not info or int(info.get("total", 1)) == 1:
+            return _assemble([dict(msg)])
+        initial = info.get("initial_transaction_id") or {}
+        key = (str(initial.get("account_id")), str(initial.get("transaction_valid_start")))
+        parts = self._pending.setdefault(key, {})
+        parts[int(info["number"])] = dict(msg)
+        if len(parts) < int(info["total"]):
+            return None
+        del self._pending[key]
+        return _assemble([parts[n] for n in sorted(parts)])
+
+
+def _assemble(parts: list[dict[str, Any]]) -> AuditMessage:
+    seqs = [int(p["sequence_number"]) for p in parts]
+    last = max(parts, key=lambda p: int(p["sequence_number"]))
+    return AuditMessage(
+        topic_id=str(parts[0]["topic_id"]),
+        payload=b"".join(base64.b64decode(p["message"]) for p in parts),
+        payer_account_id=str(parts[0]["payer_account_id"]),
+        first_sequence=min(seqs),
+        last_sequence=max(seqs),
+        consensus_timestamp=str(last["consensus_timestamp"]),
+        chunks=len(parts),
+    )
+
+
+class AuditLog(ABC):
+    """An append-only, ordered, hash-chained topic log (HCS semantics). Synchronous: call it
+    from trio through ``trio.to_thread.run_sync``."""
+
+    @abstractmethod
+    def create_topic(self, memo: str = "") -> str:
+        """Create a topic; returns its id ``"0.0.N"``."""
+
+    @abstractmethod
+    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
+        """Append ``message`` (bytes, or a dict sent as canonical JSON), chunked at 1024 bytes;
+        returns one SequenceInfo per chunk, in order."""
+
+    @abstractmethod
+    def read(self, topic_id: str, after_seq: int = 0, limit: int = PAGE_LIMIT) -> MirrorPage:
+        """One page of messages with sequence number > ``after_seq``, ascending."""
+
+    @abstractmethod
+    def read_next(self, next_link: str) -> MirrorPage:
+        """Follow a page's ``links.next``."""
+
+    def iter_raw(
+        self,
+        topic_id: str,
+        after_seq: int = 0,
+        *,
+        follow: bool = False,
+        poll_interval: float = 1.0,
+        stop: threading.Event | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Every mirror-node message after ``after_seq`` in order, page by page (following
+        ``links.next``); with ``follow`` keep polling for new ones until ``stop`` is set."""
+        last = after_seq
+        page = self.read(topic_id, after_seq=last)
+        while True:
+            for msg in page.messages:
+                last = int(msg["sequence_number"])
+                yield msg
+            if page.next:
+                page = self.read_next(page.next)
+                continue
+            if not follow or (stop is not None and stop.is_set()):
+                return
+            if stop is not None:
+                stop.wait(poll_interval)
+            else:
+                time.sleep(poll_interval)
+            page = self.read(topic_id, after_seq=last)
+
+    def iter_messages(
+        self, topic_id: str, after_seq: int = 0, *, follow: bool = False, poll_interval: float = 1.0
+    ) -> Iterator[AuditMessage]:
+        """Whole messages (chunks re-assembled) after ``after_seq``, in completion order.
+        A message whose first chunks lie at or before ``after_seq`` is never complete and is
+        skipped."""
+        assembler = ChunkAssembler()
+        for raw in self.iter_raw(topic_id, after_seq, follow=follow, poll_interval=poll_interval):
+            whole = assembler.add(raw)
+            if whole is not None:
+                yield whole
+
+
+def _now_valid_start() -> int:
+    # Like the SDKs, start a few seconds in the past so small clock skew is harmless.
+    return time.time_ns() - 2_000_000_000
+
+
+class LocalAuditLog(AuditLog):
+    """Client of the devnet topic log; every submission is signed with the node's Ed25519 key.
+
+    Parameters: ``url`` of the audit server (``devnet.json``'s ``audit.url``); ``key_pair``
+    the node's libp2p key pair (``Identity.key_pair()``); ``timeout`` per request in seconds.
+    """
+
+    def __init__(self, url: str, key_pair: Any, timeout: float = 30.0) -> None:
+        self.url = url.rstrip("/")
+        self._private = key_pair.private_key
+        self.public_key_hex = key_pair.public_key.to_bytes().hex()
+        self._http = httpx.Client(base_url=self.url, timeout=timeout)
+        self._lock = threading.Lock()
+        self._last_valid_start = 0
+
+    def close(self) -> None:
+        """Close the HTTP connection pool."""
+        self._http.close()
+
+    def __enter__(self) -> LocalAuditLog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def _valid_starts(self, count: int) -> int:
+        # Transaction ids (payer, valid start) must be unique: keep them strictly increasing
+        # even when called faster than the clock ticks or from several threads.
+        with self._lock:
+            start = max(_now_valid_start(), self._last_valid_start + 1)
+            self._last_valid_start = start + count - 1
+            return start
+
+    def _sign(self, data: bytes) -> str:
+        return self._private.sign(data).hex()
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            resp = self._http.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise AuditError(
+                f"audit log at {self.url} unreachable ({exc.__class__.__name__}): is the devnet up?"
+            ) from None
+        if resp.status_code >= 400:
+            raise AuditError(f"audit log refused {method} {path}: {resp.status_code} {_error_text(resp)}")
+        return resp.json()
+
+    def create_topic(self, memo: str = "") -> str:
+        valid_start = format_timestamp(self._valid_starts(1))
+        body = {
+            "memo": memo,
+            "valid_start": valid_start,
+            "public_key": self.public_key_hex,
+            "signature": self._sign(create_signing_bytes(memo, valid_start)),
+        }
+        return str(self._request("POST", "/api/v1/topics", json=body)["topic_id"])
+
+    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
+        chunks = split_chunks(encode_message(message))
+        first = self._valid_starts(len(chunks))
+        initial = format_timestamp(first)
+        infos = []
+        for i, piece in enumerate(chunks):
+            valid_start = format_timestamp(first + i)
+            chunk = (
+                {"initial_valid_start": initial, "number": i + 1, "total": len(chunks)}
+                if len(chunks) > 1
+                else None  # single-chunk messages carry no chunk_info, as with the SDK
+            )
+            b64 = base64.b64encode(piece).decode()
+            body = {
+                "message": b64,
+                "valid_start": valid_start,
+                "chunk": chunk,
+                "public_key": self.public_key_hex,
+                "signature": self._sign(submit_signing_bytes(topic_id, valid_start, b64, chunk)),
+            }
+            r = self._request("POST", f"/api/v1/topics/{topic_id}/messages", json=body)
+            infos.append(
+                SequenceInfo(
+                    topic_id=r["topic_id"],
+                    sequence_number=int(r["sequence_number"]),
+                    running_hash=base64.b64decode(r["running_hash"]),
+                    transaction_id=r["transaction_id"],
+                    consensus_timestamp=r["consensus_timestamp"],
+                    payer_account_id=r["payer_account_id"],
+                )
+            )
+        return infos
+
+    def read(self, topic_id: str, after_seq: int = 0, limit: int = PAGE_LIMIT) -> MirrorPage:
+        params = {"order": "asc", "limit": str(limit), "sequencenumber": f"gt:{after_seq}"}
+        return MirrorPage.from_json(
+            self._request("GET", f"/api/v1/topics/{topic_id}/messages", params=params)
+        )
+
+    def read_next(self, next_link: str) -> MirrorPage:
+        return MirrorPage.from_json(self._request("GET", next_link))
+
+    def topic_info(self, topic_id: str) -> dict[str, Any]:
+        """The topic's memo, current sequence number and running hash."""
+        return dict(self._request("GET", f"/api/v1/topics/{topic_id}"))
+
+
+def _error_text(resp: httpx.Response) -> str:
+    try:
+        return str(resp.json()["_status"]["messages"][0]["message"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return resp.text[:200]
+
+
+MIRROR_URLS = {
+    "mainnet": "https://mainnet-public.mirrornode.hedera.com",
+    "testnet": "https://testnet.mirrornode.hedera.com",
+    "previewnet": "https://previewnet.mirrornode.hedera.com",
+}
+
+
+@dataclass
+class HederaAuditLog(AuditLog):
+    """Hedera Consensus Service through hiero-sdk-python; reads from the mirror node REST API.
+
+    Parameters: ``operator_id`` (``0.0.N``) and ``operator_key`` (any key string the SDK
+    parses) pay for and sign the transactions; ``network`` picks the consensus nodes and the
+    default ``mirror_url``. The SDK client is created on first network use, so transactions
+    can be built and signed offline.
+    """
+
+    operator_id: str
+    operator_key: str = field(repr=False)
+    network: str = "testnet"
+    mirror_url: str | None = None
+    timeout: float = 60.0
+    _client: Any = field(default=None, init=False, repr=False)
+    _http: httpx.Client | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        from hiero_sdk_python import AccountId, PrivateKey
+
+        if self.network not in MIRROR_URLS:
+            raise AuditError(f"unknown Hedera network {self.network!r}: use testnet, mainnet or previewnet")
+        try:
+            self._account = AccountId.from_string(self.operator_id)
+            self._key = PrivateKey.from_string(self.operator_key)
+        except Exception as exc:  # the SDK raises plain ValueError/Exception subclasses
+            raise AuditError(f"OPERATOR_ID/OPERATOR_KEY not usable ({exc}): check the values") from None
+        self.mirror_url = (self.mirror_url or MIRROR_URLS[self.network]).rstrip("/")
+
+    # --- building (offline) ---
+
+    def build_create_topic(self, memo: str = "") -> Any:
+        """A TopicCreateTransaction with the operator as admin and submit key (not frozen)."""
+        from hiero_sdk_python import TopicCreateTransaction
+
+        public = self._key.public_key()
+        return (
+            TopicCreateTransaction()
+            .set_memo(memo)
+            .set_admin_key(public)
+            .set_submit_key(public)
+        )
+
+    def build_submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> Any:
+        """A TopicMessageSubmitTransaction for ``message`` (the SDK chunks it at 1024 bytes)."""
+        from hiero_sdk_python import TopicId, TopicMessageSubmitTransaction
+
+        data = encode_message(message)
+        split_chunks(data)  # same limit check as the devnet, with our error message
+        return (
+            TopicMessageSubmitTransaction()
+            .set_topic_id(TopicId.from_string(topic_id))
+            .set_message(data)
+            .set_chunk_size(CHUNK_SIZE)
+            .set_max_chunks(MAX_CHUNKS)
+        )
+
+    def sign(self, tx: Any) -> Any:
+        """Sign a frozen transaction (every chunk) with the operator key."""
+        return tx.sign(self._key)
+
+    # --- network ---
+
+    def client(self) -> Any:
+        """The SDK client (created on first use: it fetches the address book)."""
+        if self._client is None:
+            from hiero_sdk_python import Client, Network
+
+            self._client = Client(Network(self.network))
+            self._client.set_operator(self._account, self._key)
+        return self._client
+
+    def create_topic(self, memo: str = "") -> str:
+        client = self.client()
+        tx = self.build_create_topic(memo).freeze_with(client)
+        receipt = self.sign(tx).execute(client)
+        if receipt.topic_id is None:
+            raise AuditError(f"topic creation failed: status {receipt.status}")
+        return str(receipt.topic_id)
+
+    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
+        client = self.client()
+        tx = self.sign(self.build_submit(topic_id, message).freeze_with(client))
+        receipts = tx.execute_all(client)
+        infos = []
+        for receipt in receipts:
+            if not receipt.topic_sequence_number:
+                raise AuditError(f"topic message submit failed: status {receipt.status}")
+            infos.append(
+                SequenceInfo(
+                    topic_id=topic_id,
+                    sequence_number=int(receipt.topic_sequence_number),
+                    running_hash=bytes(receipt.topic_running_hash or b""),
+                    transaction_id=str(receipt.transaction_id),
+                    payer_account_id=self.operator_id,
+                )
+            )
+        return infos
+
+    def _mirror(self) -> httpx.Client:
+        if self._http is None:
+            self._http = httpx.Client(timeout=self.timeout)
+        return self._http
+
+    def _get(self, url: str, params: dict[str, str] | None = None) -> MirrorPage:
+        try:
+            resp = self._mirror().get(url, params=params)
+        except httpx.HTTPError as exc:
+            raise AuditError(f"mirror node {self.mirror_url} unreachable ({exc.__class__.__name__})") from None
+        if resp.status_code == 404:
+            return MirrorPage(messages=[])  # the mirror node lags behind a new topic
+        if resp.status_code >= 400:
+            raise AuditError(f"mirror node refused {url}: {resp.status_code} {_error_text(resp)}")
+        return MirrorPage.from_json(resp.json())
+
+    def read(self, topic_id: str, after_seq: int = 0, limit: int = PAGE_LIMIT) -> MirrorPage:
+        params = {"order": "asc", "limit": str(limit), "sequencenumber": f"gt:{after_seq}"}
+        return self._get(f"{self.mirror_url}/api/v1/topics/{topic_id}/messages", params)
+
+    def read_next(self, next_link: str) -> MirrorPage:
+        # The mirror node's links.next is a path relative to its base URL.
+        return self._get(urljoin(self.mirror_url + "/", next_link.lstrip("/")))
