@@ -64,7 +64,7 @@ def bench_strategies(
     nbytes = stacked.nbytes
 
     times: dict[str, list[float]] = {"copy": [], **{n: [] for n in names}}
-    for name, strategy in built.items():  # warm-up: caches, lazily built sorting networks
+    for strategy in built.values():  # warm-up: caches, lazily built sorting networks
         strategy.aggregate(global_params, clients, samples)
     for _ in range(repeats):
         t0 = time.perf_counter()
