@@ -7,8 +7,8 @@ the devnet store of a running ``fedswarm devnet up --home DIR``; with S3 setting
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
-import os
 import re
 import sys
 from pathlib import Path
@@ -18,6 +18,7 @@ from fedswarm.storage.base import StoreError, validate_key
 
 DEFAULT_TTL_S = 3600
 DEFAULT_MAX_PUT_BYTES = 1 << 30
+DEFAULT_MAX_GET_BYTES = 64 << 30
 # Below this size a progress bar is just noise.
 PROGRESS_MIN_BYTES = 8 << 20
 
@@ -42,7 +43,11 @@ def register(subparsers: Any) -> None:
     get = sub.add_parser("get", help="download a presigned URL to a file")
     get.add_argument("url")
     get.add_argument("-o", "--output", type=Path, required=True, help="file to write")
-    get.add_argument("--max-bytes", type=int, default=None, help="refuse bodies larger than this")
+    get.add_argument("--max-bytes", type=int, default=DEFAULT_MAX_GET_BYTES,
+                     help=f"refuse bodies larger than this (default {DEFAULT_MAX_GET_BYTES})")
+    get.add_argument("--sha256", default=None, help="expected sha256 of the body")
+    get.add_argument("--deadline", type=float, default=3600.0,
+                     help="total seconds allowed for the download (default 3600)")
     common(get)
     get.set_defaults(func=cmd_get)
 
@@ -99,50 +104,40 @@ def cmd_put(args: argparse.Namespace) -> int:
 
 
 def cmd_get(args: argparse.Namespace) -> int:
-    """Download a presigned URL (streaming, size-capped) into ``-o FILE``."""
-    import hashlib
+    """Download a presigned URL into ``-o FILE`` through the bounded downloader (byte cap,
+    total deadline, no redirects, retries, optional sha256 check)."""
+    import threading
 
-    import httpx
+    from fedswarm.storage.download import DownloadError, download
 
-    if not args.url.startswith(("http://", "https://")):
-        return _fail(f"{args.url[:80]!r} is not an http(s) URL")
     out: Path = args.output
-    tmp = out.with_name(f".{out.name}.part-{os.getpid()}")
-    h = hashlib.sha256()
-    got = 0
-    try:
-        with httpx.stream("GET", args.url, follow_redirects=False,
-                          timeout=httpx.Timeout(60.0, connect=10.0)) as resp:
-            if resp.status_code != 200:
-                resp.read()
-                return _fail(f"download refused: HTTP {resp.status_code} "
-                             f"({_short(resp.text)}); the URL may be expired or wrong")
-            total = int(resp.headers.get("content-length") or 0) or None
-            cap = args.max_bytes
-            if cap is not None and total is not None and total > cap:
-                return _fail(f"object is {total} bytes, over --max-bytes {cap}")
-            with tmp.open("wb") as fh, _progress(total, f"get {out.name}") as advance:
-                for chunk in resp.iter_bytes(1 << 20):
-                    got += len(chunk)
-                    if cap is not None and got > cap:
-                        return _fail(f"body exceeds --max-bytes {cap}; nothing written")
-                    h.update(chunk)
-                    fh.write(chunk)
-                    advance(len(chunk))
-            expected = resp.headers.get("x-fedswarm-sha256")
-            if expected and expected != h.hexdigest():
-                return _fail("downloaded bytes do not match the store's sha256; retry")
-        os.replace(tmp, out)
-    except httpx.HTTPError as exc:
-        return _fail(f"download failed: {type(exc).__name__}: {exc}")
-    except OSError as exc:
-        return _fail(f"cannot write {out}: {exc.strerror}")
-    finally:
-        tmp.unlink(missing_ok=True)
+    part = out.with_name(out.name + ".part")  # where download() streams before renaming
+    result: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            result["ok"] = download(args.url, out, max_bytes=args.max_bytes, sha256=args.sha256,
+                                    deadline_s=args.deadline)
+        except DownloadError as exc:
+            result["error"] = str(exc)
+        except OSError as exc:
+            result["error"] = f"cannot write {out}: {exc.strerror}"
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+    # The downloader has no progress hook; the bar follows the size of its .part file.
+    with _progress(None, f"get {out.name}", force=True) as advance:
+        while worker.is_alive():
+            worker.join(0.2)
+            with contextlib.suppress(OSError):  # no .part file yet
+                advance(0, part.stat().st_size)
+    if "error" in result:
+        return _fail(result["error"])
+    res = result["ok"]
     if args.json:
-        print(json.dumps({"file": str(out), "size": got, "sha256": h.hexdigest()}))
+        print(json.dumps({"file": str(out), "size": res.bytes_received, "sha256": res.sha256}))
     else:
-        print(f"{out} {got} bytes sha256 {h.hexdigest()}")
+        print(f"{out} {res.bytes_received} bytes sha256 {res.sha256}")
     return 0
 
 
@@ -196,13 +191,15 @@ class _progress:
     """Context manager yielding ``advance(n, absolute=None)``; a rich bar for big transfers
     on a terminal, a no-op otherwise."""
 
-    def __init__(self, total: int | None, label: str) -> None:
+    def __init__(self, total: int | None, label: str, force: bool = False) -> None:
         self.total = total
+        self.force = force
         self.label = label
         self._bar: Any = None
 
     def __enter__(self) -> Any:
-        if not (self.total and self.total >= PROGRESS_MIN_BYTES and sys.stderr.isatty()):
+        big = self.force or (self.total or 0) >= PROGRESS_MIN_BYTES
+        if not (big and sys.stderr.isatty()):
             return lambda n, absolute=None: None
         from rich.console import Console
         from rich.progress import (
