@@ -19,6 +19,7 @@ COMMAND_MODULES = [
     "fedswarm.devnet.commands",
     "fedswarm.storage.commands",
     "fedswarm.ledger.commands",
+    "fedswarm.ledger.audit_commands",
     "fedswarm.learning.commands",
     "fedswarm.roles.commands",
 ]

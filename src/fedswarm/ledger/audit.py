@@ -245,13 +245,14 @@ class LocalAuditLog(AuditLog):
     """Client of the devnet topic log; every submission is signed with the node's Ed25519 key.
 
     Parameters: ``url`` of the audit server (``devnet.json``'s ``audit.url``); ``key_pair``
-    the node's libp2p key pair (``Identity.key_pair()``); ``timeout`` per request in seconds.
+    the node's libp2p key pair (``Identity.key_pair()``; None gives a read-only client);
+    ``timeout`` per request in seconds.
     """
 
-    def __init__(self, url: str, key_pair: Any, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, key_pair: Any | None, timeout: float = 30.0) -> None:
         self.url = url.rstrip("/")
-        self._private = key_pair.private_key
-        self.public_key_hex = key_pair.public_key.to_bytes().hex()
+        self._private = key_pair.private_key if key_pair is not None else None
+        self.public_key_hex = key_pair.public_key.to_bytes().hex() if key_pair is not None else ""
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
         self._lock = threading.Lock()
         self._last_valid_start = 0
@@ -275,6 +276,8 @@ class LocalAuditLog(AuditLog):
             return start
 
     def _sign(self, data: bytes) -> str:
+        if self._private is None:
+            raise AuditError("this audit client is read-only: give it the node's key pair")
         return self._private.sign(data).hex()
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -364,13 +367,13 @@ class HederaAuditLog(AuditLog):
     """Hedera Consensus Service through hiero-sdk-python; reads from the mirror node REST API.
 
     Parameters: ``operator_id`` (``0.0.N``) and ``operator_key`` (any key string the SDK
-    parses) pay for and sign the transactions; ``network`` picks the consensus nodes and the
-    default ``mirror_url``. The SDK client is created on first network use, so transactions
-    can be built and signed offline.
+    parses) pay for and sign the transactions (both None: read-only, mirror node only);
+    ``network`` picks the consensus nodes and the default ``mirror_url``. The SDK client is
+    created on first network use, so transactions can be built and signed offline.
     """
 
-    operator_id: str
-    operator_key: str = field(repr=False)
+    operator_id: str | None
+    operator_key: str | None = field(repr=False)
     network: str = "testnet"
     mirror_url: str | None = None
     timeout: float = 60.0
@@ -382,9 +385,11 @@ class HederaAuditLog(AuditLog):
 
         if self.network not in MIRROR_URLS:
             raise AuditError(f"unknown Hedera network {self.network!r}: use testnet, mainnet or previewnet")
+        self._account = self._key = None
         try:
-            self._account = AccountId.from_string(self.operator_id)
-            self._key = PrivateKey.from_string(self.operator_key)
+            if self.operator_id or self.operator_key:
+                self._account = AccountId.from_string(str(self.operator_id))
+                self._key = PrivateKey.from_string(str(self.operator_key))
         except Exception as exc:  # the SDK raises plain ValueError/Exception subclasses
             raise AuditError(f"OPERATOR_ID/OPERATOR_KEY not usable ({exc}): check the values") from None
         self.mirror_url = (self.mirror_url or MIRROR_URLS[self.network]).rstrip("/")
@@ -395,7 +400,7 @@ class HederaAuditLog(AuditLog):
         """A TopicCreateTransaction with the operator as admin and submit key (not frozen)."""
         from hiero_sdk_python import TopicCreateTransaction
 
-        public = self._key.public_key()
+        public = self._operator_key().public_key()
         return (
             TopicCreateTransaction()
             .set_memo(memo)
@@ -419,7 +424,12 @@ class HederaAuditLog(AuditLog):
 
     def sign(self, tx: Any) -> Any:
         """Sign a frozen transaction (every chunk) with the operator key."""
-        return tx.sign(self._key)
+        return tx.sign(self._operator_key())
+
+    def _operator_key(self) -> Any:
+        if self._key is None:
+            raise AuditError("writing to Hedera needs OPERATOR_ID and OPERATOR_KEY: set both")
+        return self._key
 
     # --- network ---
 
@@ -428,6 +438,7 @@ class HederaAuditLog(AuditLog):
         if self._client is None:
             from hiero_sdk_python import Client, Network
 
+            self._operator_key()
             self._client = Client(Network(self.network))
             self._client.set_operator(self._account, self._key)
         return self._client

@@ -1,0 +1,36 @@
+"""The one place the audit backend is chosen: the devnet topic log or Hedera's HCS."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fedswarm.config import ConfigError, Settings
+from fedswarm.ledger.audit import AuditLog, HederaAuditLog, LocalAuditLog
+
+
+def make_audit_log(settings: Settings, identity: Any | None = None) -> AuditLog:
+    """An AuditLog for ``settings.network``.
+
+    Devnet: the local topic log whose URL a running devnet wrote to ``devnet.json``, signing
+    with ``identity``'s node key. Hedera networks: hiero-sdk-python paid by
+    ``OPERATOR_ID``/``OPERATOR_KEY``. Without an identity (devnet) or an operator (Hedera) the
+    log is read-only.
+    """
+    if settings.is_devnet:
+        state = settings.devnet_state()
+        url = (state.get("audit") or {}).get("url")
+        if not url:
+            raise ConfigError(
+                f"the devnet at {settings.devnet_dir()} has no audit log: restart it with "
+                "`fedswarm devnet up`"
+            )
+        return LocalAuditLog(url, identity.key_pair() if identity is not None else None)
+    key = settings.operator_key.get_secret_value() if settings.operator_key else None
+    if bool(settings.operator_id) != bool(key):
+        raise ConfigError("set both OPERATOR_ID and OPERATOR_KEY (or neither, to only read)")
+    return HederaAuditLog(
+        operator_id=settings.operator_id,
+        operator_key=key,
+        network=settings.network,
+        mirror_url=settings.mirror_url,
+    )
