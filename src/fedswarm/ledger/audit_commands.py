@@ -55,8 +55,13 @@ def register(subparsers: Any) -> None:
 
 
 def _log(args: argparse.Namespace, with_identity: bool = False) -> Any:
+    import logging
+
     from fedswarm.config import load_settings
     from fedswarm.ledger.audit_factory import make_audit_log
+
+    # httpx logs every request at INFO: one line per poll would drown the tail output.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
     overrides: dict[str, Any] = {"FEDSWARM_DEVNET_HOME": args.home, "network": args.network}
     settings = load_settings(**overrides)
@@ -75,7 +80,9 @@ def _parse_hash(text: str) -> bytes:
     except ValueError:
         value = b""
     if len(value) != HASH_SIZE:
-        raise SystemExit(f"fedswarm: --prev-hash must be {HASH_SIZE} bytes of hex (96 digits)")
+        from fedswarm.config import ConfigError
+
+        raise ConfigError(f"--prev-hash must be {HASH_SIZE} bytes of hex (96 digits), got {text!r}")
     return value
 
 
