@@ -56,6 +56,7 @@ def route_libp2p_logging(level: int = logging.WARNING) -> None:
             lg = logging.getLogger(lname)
             lg.propagate = True
             lg.handlers.clear()
+            lg.setLevel(logging.NOTSET)  # some modules set their own level on import
     lg = logging.getLogger("libp2p")
     lg.setLevel(level)
     lg.propagate = True

@@ -1,0 +1,58 @@
+# fedswarm: `make demo` runs a whole paid training job on the devnet; `make test` runs the suite.
+# Both create .venv and install everything the project needs from the registries.
+
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+TOOLS   := .tools
+TSTAMP  := $(TOOLS)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup system-deps tools demo test test-fast lint contracts bench clean
+
+setup: system-deps $(STAMP) $(TSTAMP)
+
+# libgmp headers: libp2p compiles fastecdsa from source. Java: the HCS running-hash vectors.
+system-deps:
+	@dpkg -s libgmp-dev >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
+	  || { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev default-jdk-headless npm >/dev/null) \
+	       || echo "warning: could not install libgmp-dev / a JDK / npm; install them with your package manager"; }
+
+$(STAMP): pyproject.toml
+	test -d $(VENV) || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip wheel setuptools
+	# the CPU wheel: a bare `torch` requirement would pull a multi-GB CUDA build
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e '.[test]'
+	touch $(STAMP)
+
+# anvil (devnet chain) and solc (contract compiler), pinned in tools/package.json
+$(TSTAMP): tools/package.json
+	mkdir -p $(TOOLS)
+	cp tools/package.json $(TOOLS)/package.json
+	cd $(TOOLS) && npm install --no-audit --no-fund --loglevel=error
+	touch $(TSTAMP)
+
+tools: $(TSTAMP)
+
+demo: setup
+	$(BIN)/fedswarm demo
+
+test: setup
+	$(BIN)/pytest $(PYTEST_ARGS)
+
+test-fast: setup
+	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
+
+lint: setup
+	$(BIN)/ruff check src tests
+
+contracts: setup
+	node scripts/compile_contract.js
+
+bench: setup
+	$(BIN)/fedswarm bench all
+
+clean:
+	rm -rf $(VENV) $(TOOLS) .pytest_cache .ruff_cache

@@ -1,0 +1,224 @@
+"""The HTTP API every node serves (FastAPI on hypercorn's trio worker, in the node's own loop).
+
+Two faces: the seed's interface (``GET /status``, ``POST /command``) with the same shapes, and
+a REST API under ``/api/v1`` (OpenAPI at ``/docs``). Roles add their own routers (jobs on the
+client node). Mutating calls need ``Authorization: Bearer <token>`` whenever a token is set,
+and a token is mandatory when binding anywhere but loopback.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
+
+from fedswarm import __version__
+from fedswarm.p2p.node import Node
+from fedswarm.protocol.messages import Chat, WireModel, decode
+
+CommandFn = Callable[[list[Any]], Awaitable[dict[str, Any]]]
+
+
+class CommandBody(BaseModel):
+    cmd: str = Field(max_length=64)
+    args: list[Any] = Field(default_factory=list, max_length=64)
+
+
+class ApiError(Exception):
+    """An error answered as ``{"status": "error", "error": message}`` with ``status_code``."""
+
+    def __init__(self, message: str, status_code: int = 400) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
+
+def is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def create_app(
+    node: Node,
+    *,
+    token: str | None = None,
+    extra_routers: list[APIRouter] | None = None,
+    extra_commands: dict[str, CommandFn] | None = None,
+    status_extra: Callable[[], dict[str, Any]] | None = None,
+) -> FastAPI:
+    """Build the ASGI app for ``node``."""
+    app = FastAPI(title="fedswarm node API", version=__version__)
+
+    @app.middleware("http")
+    async def require_token(request: Request, call_next):  # type: ignore[no-untyped-def]
+        if token and request.method not in ("GET", "HEAD", "OPTIONS"):
+            given = request.headers.get("authorization", "")
+            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
+                return JSONResponse({"status": "error", "error": "missing or wrong API token (send Authorization: Bearer <token>)"}, status_code=401)
+        return await call_next(request)
+
+    @app.exception_handler(ApiError)
+    async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"status": "error", "error": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(RequestValidationError)
+    async def _bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        loc = ".".join(str(p) for p in first.get("loc", ()))
+        return JSONResponse({"status": "error", "error": f"bad request: {loc}: {first.get('msg', 'invalid')}"}, status_code=400)
+
+    commands: dict[str, CommandFn] = {}
+
+    def command(name: str) -> Callable[[CommandFn], CommandFn]:
+        def wrap(fn: CommandFn) -> CommandFn:
+            commands[name] = fn
+            return fn
+        return wrap
+
+    def peer_row(entry: Any) -> dict[str, Any]:
+        maddr = entry.addrs[0] if entry.addrs else ""
+        return {"peer_id": entry.peer_id, "maddr": maddr, "role": entry.role.value.upper(), "pub_maddr": maddr}
+
+    @command("bootmesh")
+    async def _bootmesh(args: list[Any]) -> dict[str, Any]:
+        summary = await node.bootmesh()
+        by_topic: dict[str, list[dict[str, Any]]] = {}
+        for entry in summary.peers:
+            for topic in entry.topics or ["(none)"]:
+                by_topic.setdefault(topic, []).append(peer_row(entry))
+        return {"status": "ok", "bootmesh": by_topic}
+
+    @command("mesh")
+    async def _mesh(args: list[Any]) -> dict[str, Any]:
+        router = node.pubsub.router
+        mesh = {t: sorted(p.to_base58() for p in peers) for t, peers in getattr(router, "mesh", {}).items()}
+        return {"status": "ok", "mesh": mesh}
+
+    @command("peers")
+    async def _peers(args: list[Any]) -> dict[str, Any]:
+        return {"status": "ok", "peers": node.connected_peers()}
+
+    @command("local")
+    async def _local(args: list[Any]) -> dict[str, Any]:
+        return {"status": "ok", "local": {"peer_id": node.peer_id, "maddr": node.addrs[0] if node.addrs else "", "role": node.role.value.upper(), "address": node.identity.address}}
+
+    @command("topics")
+    async def _topics(args: list[Any]) -> dict[str, Any]:
+        return {"status": "ok", "topics": node.topics}
+
+    def topic_arg(args: list[Any], n: int = 1) -> str:
+        if len(args) < n or not isinstance(args[0], str) or not 0 < len(args[0]) <= 256:
+            raise ApiError("this command needs a topic name as its first argument")
+        return args[0]
+
+    received: dict[str, list[dict[str, Any]]] = {}
+
+    async def remember(topic: str, sender: str, msg: WireModel) -> None:
+        box = received.setdefault(topic, [])
+        box.append({"from": sender, "type": msg.TYPE, "data": msg.model_dump(mode="json"), "at": time.time()})
+        del box[:-200]
+
+    @command("join")
+    async def _join(args: list[Any]) -> dict[str, Any]:
+        topic = topic_arg(args)
+
+        async def handler(sender: str, msg: Any) -> None:
+            await remember(topic, sender, msg)
+
+        await node.subscribe(topic, handler)
+        return {"status": "ok", "joined": topic}
+
+    @command("leave")
+    async def _leave(args: list[Any]) -> dict[str, Any]:
+        topic = topic_arg(args)
+        await node.unsubscribe(topic)
+        return {"status": "ok", "left": topic}
+
+    @command("publish")
+    async def _publish(args: list[Any]) -> dict[str, Any]:
+        topic = topic_arg(args, 2)
+        if len(args) < 2 or not isinstance(args[1], str):
+            raise ApiError("publish needs [topic, text]")
+        try:
+            msg: WireModel = Chat(text=args[1])
+        except ValueError as exc:
+            raise ApiError(f"message rejected: {exc}") from None
+        await node.publish(topic, msg)
+        return {"status": "ok", "published": topic}
+
+    @command("messages")
+    async def _messages(args: list[Any]) -> dict[str, Any]:
+        topic = topic_arg(args)
+        return {"status": "ok", "messages": received.get(topic, [])}
+
+    commands.update(extra_commands or {})
+
+    @app.get("/status")
+    async def status() -> dict[str, Any]:
+        out = {"status": "running", "role": node.role.value, "peer_id": node.peer_id,
+               "address": node.identity.address, "addrs": node.addrs,
+               "uptime_s": round(time.time() - node.started_at, 1), "version": __version__,
+               "stats": dict(node.stats)}
+        if status_extra:
+            out.update(status_extra())
+        return out
+
+    @app.post("/command")
+    async def run_command(body: CommandBody) -> dict[str, Any]:
+        fn = commands.get(body.cmd)
+        if fn is None:
+            raise ApiError(f"unknown command {body.cmd!r}; known: {', '.join(sorted(commands))}")
+        return await fn(body.args)
+
+    v1 = APIRouter(prefix="/api/v1")
+
+    @v1.get("/mesh")
+    async def mesh() -> dict[str, Any]:
+        summary = await node.bootmesh()
+        return summary.model_dump(mode="json")
+
+    @v1.get("/peers")
+    async def peers() -> dict[str, Any]:
+        return {"connected": node.connected_peers(),
+                "directory": [e.model_dump(mode="json") for e in node.directory.entries(online_only=False)]}
+
+    @v1.get("/trainers")
+    async def trainers() -> dict[str, Any]:
+        from fedswarm.protocol.messages import Role
+
+        return {"trainers": [r.to_entry(node.directory.is_online(r)).model_dump(mode="json")
+                             for r in node.directory.records(online_only=False, role=Role.TRAINER)]}
+
+    app.include_router(v1)
+    for router in extra_routers or []:
+        app.include_router(router)
+    _ = decode  # re-exported for handlers that parse wire messages
+    return app
+
+
+async def serve_api(app: FastAPI, host: str, port: int, *, task_status: Any = None) -> None:
+    """Serve ``app`` with hypercorn's trio worker on ``host:port`` (in the caller's loop)."""
+    import trio
+    from hypercorn.config import Config
+    from hypercorn.trio import serve
+
+    config = Config()
+    config.bind = [f"{host}:{port}"]
+    config.accesslog = None
+    config.errorlog = None
+    config.graceful_timeout = 1.0
+    shutdown = trio.Event()
+    if task_status is None:
+        await serve(app, config, shutdown_trigger=shutdown.wait)  # type: ignore[arg-type]
+    else:
+        await serve(app, config, shutdown_trigger=shutdown.wait, task_status=task_status)  # type: ignore[arg-type]

@@ -1,0 +1,531 @@
+"""The hardened node runtime: one libp2p host, gossipsub, RPC and liveness on one trio loop.
+
+Everything else in fedswarm talks to the network through :class:`Node`, never through raw
+py-libp2p calls, because the library has sharp edges (see ``shared/notes/libp2p.md``):
+
+- an exception escaping a stream handler kills the process, so every handler catches all;
+- ``publish()`` never blocks and drops silently when a 32-entry peer queue is full, so
+  publishes go through a bounded queue and a pacer that waits for room;
+- there is no liveness and no reconnect, so nodes send heartbeats on the market topic, judge
+  peers by them, and redial the bootstrap and known peers (unblock + dial with timeout).
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import multiaddr
+import trio
+
+from fedswarm.identity import Identity
+from fedswarm.p2p.directory import Directory
+from fedswarm.p2p.framing import FrameError, FrameReader, write_message
+from fedswarm.protocol.messages import (
+    BlobDigest,
+    Capabilities,
+    EchoBlob,
+    ErrorReply,
+    Heartbeat,
+    MeshRequest,
+    MeshSummary,
+    PeerEntry,
+    Ping,
+    Pong,
+    Role,
+    WireError,
+    WireModel,
+    decode,
+    encode,
+)
+from fedswarm.protocol.topics import MARKET_TOPIC, RPC_PROTOCOL
+
+log = logging.getLogger("fedswarm.p2p")
+
+MAX_PUBSUB_MESSAGE = 512 * 1024  # gossipsub silently drops > 1 MiB; keep well under
+RpcHandler = Callable[[str, Any, bytes | None], Awaitable[tuple[WireModel, bytes | None]]]
+TopicHandler = Callable[[str, Any], Awaitable[None]]
+TopicValidator = Callable[[str, WireModel], bool]
+
+
+class RpcError(Exception):
+    """A peer answered an RPC with a structured error (or did not answer in time)."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(f"{code}: {message}")
+        self.code = code
+        self.message = message
+
+
+class Rejected(Exception):
+    """Raised by an RPC handler to answer with a structured ``rejected``/``forbidden`` error."""
+
+    def __init__(self, message: str, code: str = "rejected") -> None:
+        super().__init__(message)
+        self.code = code
+
+
+class _SeenSet:
+    """Bounded memory of message ids (gossipsub replays recent messages to new subscribers)."""
+
+    def __init__(self, size: int = 20_000) -> None:
+        self._order: collections.deque[bytes] = collections.deque(maxlen=size)
+        self._set: set[bytes] = set()
+
+    def add(self, key: bytes) -> bool:
+        """True if new."""
+        if key in self._set:
+            return False
+        if len(self._order) == self._order.maxlen:
+            self._set.discard(self._order[0])
+        self._order.append(key)
+        self._set.add(key)
+        return True
+
+
+class Node:
+    """A running libp2p node. Create, then ``await nursery.start(node.serve)``.
+
+    Parameters
+    ----------
+    identity: the node's keys (its Ed25519 key is the libp2p identity).
+    role: what this node announces in its heartbeats.
+    listen: multiaddr to listen on (``/ip4/127.0.0.1/tcp/0`` picks a free port).
+    bootstrap: multiaddrs (with ``/p2p/<id>``) of bootstrap nodes; empty for the bootstrap itself.
+    """
+
+    def __init__(
+        self,
+        identity: Identity,
+        role: Role,
+        listen: str = "/ip4/127.0.0.1/tcp/0",
+        bootstrap: list[str] | None = None,
+        *,
+        heartbeat_interval: float = 1.0,
+        peer_timeout: float = 4.0,
+        rpc_timeout: float = 15.0,
+        capabilities: Capabilities | None = None,
+        price_wei: int | None = None,
+    ) -> None:
+        self.identity = identity
+        self.role = role
+        self.listen = listen
+        self.bootstrap_addrs = list(bootstrap or [])
+        self.bootstrap_ids: set[str] = set()
+        for addr in self.bootstrap_addrs:
+            try:
+                self.bootstrap_ids.add(multiaddr.Multiaddr(addr).value_for_protocol("p2p"))
+            except Exception:
+                raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id>") from None
+        self.heartbeat_interval = heartbeat_interval
+        self.rpc_timeout = rpc_timeout
+        self.capabilities = capabilities
+        self.price_wei = price_wei
+        self.api_addr: str | None = None
+        self.peer_id = identity.peer_id
+        self.directory = Directory(time.monotonic, timeout=peer_timeout)
+        self.stats: collections.Counter[str] = collections.Counter()
+        self.last_summary: MeshSummary | None = None
+        self.started_at = time.time()
+        self._rpc_handlers: dict[type, RpcHandler] = {}
+        self._topic_handlers: dict[str, list[TopicHandler]] = {}
+        self._topic_validators: dict[str, TopicValidator] = {}
+        self._seen = _SeenSet()
+        self._send_pub, self._recv_pub = trio.open_memory_channel[tuple[str, bytes]](256)
+        self._nursery: trio.Nursery | None = None
+        self._hb_seq = int(time.time() * 1000)
+        self.host: Any = None
+        self.pubsub: Any = None
+        self.ready = trio.Event()
+        self.on_rpc(Ping, self._handle_ping)
+        self.on_rpc(EchoBlob, self._handle_echo_blob)
+        self.on_rpc(MeshRequest, self._handle_mesh_request)
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    def _build_host(self) -> tuple[Any, Any, Any]:
+        from libp2p import create_yamux_muxer_option, new_host
+        from libp2p.crypto.x25519 import create_new_key_pair as new_x25519
+        from libp2p.custom_types import TProtocol
+        from libp2p.pubsub.gossipsub import GossipSub
+        from libp2p.pubsub.pubsub import Pubsub
+        from libp2p.security.noise.transport import PROTOCOL_ID as NOISE_ID
+        from libp2p.security.noise.transport import Transport as NoiseTransport
+
+        key_pair = self.identity.key_pair()
+        # Noise only: a default host also accepts /plaintext/2.0.0 dialers (notes, item "Noise").
+        sec_opt = {NOISE_ID: NoiseTransport(key_pair, noise_privkey=new_x25519().private_key)}
+        host = new_host(
+            key_pair=key_pair,
+            sec_opt=sec_opt,
+            muxer_opt=create_yamux_muxer_option(),
+            listen_addrs=[multiaddr.Multiaddr(self.listen)],
+        )
+        gossipsub = GossipSub(
+            # 1.1/1.0 only: 1.2's IDONTWANT doubles per-message CPU and fills the same queues.
+            protocols=[TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")],
+            degree=6,
+            degree_low=4,
+            degree_high=12,
+            heartbeat_initial_delay=0.1,
+            heartbeat_interval=1,
+            time_to_live=30,
+            spam_protection_enabled=False,  # it counts our own publishes; we pace instead
+            eclipse_protection_enabled=False,  # everything is on 127.0.0.1 in tests and devnet
+        )
+        pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        return host, pubsub, gossipsub
+
+    async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the node until cancelled. ``task_status.started()`` once it listens."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.tools.anyio_service import background_trio_service
+
+        from fedswarm.logs import route_libp2p_logging
+
+        self.host, self.pubsub, gossipsub = self._build_host()
+        route_libp2p_logging()
+        self.host.set_stream_handler(TProtocol(RPC_PROTOCOL), self._handle_rpc_stream)
+        async with (
+            self.host.run(listen_addrs=[multiaddr.Multiaddr(self.listen)]),
+            background_trio_service(self.pubsub),
+            background_trio_service(gossipsub),
+            trio.open_nursery() as nursery,
+        ):
+            self._nursery = nursery
+            await self.pubsub.wait_until_ready()
+            await self.subscribe(MARKET_TOPIC, self._on_market, self._validate_market)
+            nursery.start_soon(self._publish_pacer)
+            nursery.start_soon(self._heartbeat_loop)
+            nursery.start_soon(self._reconnect_loop)
+            self.ready.set()
+            log.info("node %s (%s) listening on %s", self.peer_id, self.role.value, self.addrs)
+            task_status.started()
+            await trio.sleep_forever()
+
+    @property
+    def addrs(self) -> list[str]:
+        """Our dialable multiaddrs, each ending in ``/p2p/<peer id>``."""
+        if self.host is None:
+            return []
+        return [str(a) for a in self.host.get_addrs()]
+
+    @property
+    def nursery(self) -> trio.Nursery:
+        assert self._nursery is not None, "node is not running"
+        return self._nursery
+
+    # -- RPC -----------------------------------------------------------------------------------
+
+    def on_rpc(self, msg_type: type[WireModel], handler: RpcHandler) -> None:
+        """Serve requests of ``msg_type`` with ``handler(peer_id, msg, blob) -> (reply, blob)``."""
+        self._rpc_handlers[msg_type] = handler
+
+    async def _handle_rpc_stream(self, stream: Any) -> None:
+        # Nothing may escape this function: an exception here kills the process (notes, item 1).
+        peer = "?"
+        try:
+            peer = stream.muxed_conn.peer_id.to_base58()
+            reader = FrameReader(stream, self.rpc_timeout)
+            try:
+                msg, blob = await reader.read_message()
+            except WireError as exc:
+                self.stats["rpc_bad_request"] += 1
+                await self._reply(stream, ErrorReply(code="bad_request", message=str(exc)[:1000]))
+                return
+            handler = self._rpc_handlers.get(type(msg))
+            if handler is None:
+                self.stats["rpc_unknown_type"] += 1
+                reply: WireModel = ErrorReply(code="unknown_type", message=f"no handler for {msg.TYPE}")
+                rblob = None
+            else:
+                try:
+                    reply, rblob = await handler(peer, msg, blob)
+                except Rejected as exc:
+                    reply, rblob = ErrorReply(code=exc.code, message=str(exc)[:1000]), None  # type: ignore[arg-type]
+                except Exception:
+                    log.exception("RPC handler for %s from %s failed", msg.TYPE, peer)
+                    self.stats["rpc_handler_error"] += 1
+                    reply, rblob = ErrorReply(code="internal", message="handler failed"), None
+            self.stats["rpc_served"] += 1
+            await self._reply(stream, reply, rblob)
+        except FrameError as exc:
+            self.stats["rpc_bad_frame"] += 1
+            log.debug("bad RPC frame from %s: %s", peer, exc)
+            await self._reset(stream)
+        except Exception as exc:  # timeouts, resets, anything a hostile peer can cause
+            self.stats["rpc_stream_error"] += 1
+            log.debug("RPC stream from %s failed: %r", peer, exc)
+            await self._reset(stream)
+
+    async def _reply(self, stream: Any, msg: WireModel, blob: bytes | None = None) -> None:
+        try:
+            await write_message(stream, msg, blob, self.rpc_timeout)
+            with trio.move_on_after(self.rpc_timeout):
+                await stream.close()
+        except Exception:
+            await self._reset(stream)
+
+    @staticmethod
+    async def _reset(stream: Any) -> None:
+        try:
+            with trio.move_on_after(2):
+                await stream.reset()
+        except Exception:
+            pass
+
+    async def request(
+        self,
+        peer_id: str,
+        msg: WireModel,
+        blob: bytes | None = None,
+        *,
+        timeout: float | None = None,
+        expect: tuple[type[WireModel], ...] | None = None,
+    ) -> tuple[WireModel, bytes | None]:
+        """Send one request on a new stream; returns the reply. Raises :class:`RpcError`."""
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
+        timeout = timeout or self.rpc_timeout
+        self.remember_addrs(peer_id)
+        stream = None
+        try:
+            with trio.fail_after(timeout):
+                stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(RPC_PROTOCOL)])
+                await write_message(stream, msg, blob, timeout)
+                reply, rblob = await FrameReader(stream, timeout).read_message()
+        except trio.TooSlowError:
+            raise RpcError("timeout", f"{msg.TYPE} to {peer_id[:16]}… got no answer in {timeout:.0f} s") from None
+        except (FrameError, WireError) as exc:
+            raise RpcError("bad_reply", f"{msg.TYPE} to {peer_id[:16]}…: {exc}") from None
+        except RpcError:
+            raise
+        except Exception as exc:
+            raise RpcError("unreachable", f"{msg.TYPE} to {peer_id[:16]}…: {type(exc).__name__}: {exc}") from None
+        finally:
+            if stream is not None:
+                with trio.move_on_after(1):
+                    with contextlib.suppress(Exception):
+                        await stream.close()
+        if isinstance(reply, ErrorReply):
+            raise RpcError(reply.code, reply.message)
+        if expect and not isinstance(reply, expect):
+            raise RpcError("bad_reply", f"expected {[e.TYPE for e in expect]}, got {reply.TYPE}")
+        return reply, rblob
+
+    def remember_addrs(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+
+        rec = self.directory.get(peer_id)
+        if rec and rec.addrs:
+            maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in rec.addrs]
+            self.host.get_peerstore().add_addrs(ID.from_base58(peer_id), maddrs, 3600)
+
+    async def _handle_ping(self, peer: str, msg: Ping, blob: bytes | None) -> tuple[WireModel, bytes | None]:
+        payload = bytes(msg.payload_bytes) if msg.payload_bytes else None
+        return Pong(nonce=msg.nonce, role=self.role), payload
+
+    async def _handle_echo_blob(self, peer: str, msg: EchoBlob, blob: bytes | None) -> tuple[WireModel, bytes | None]:
+        import hashlib
+
+        data = blob or b""
+        if len(data) != msg.size:
+            raise Rejected(f"declared {msg.size} bytes, received {len(data)}", code="bad_request")
+        return BlobDigest(size=len(data), sha256=hashlib.sha256(data).hexdigest()), None
+
+    async def _handle_mesh_request(self, peer: str, msg: MeshRequest, blob: bytes | None) -> tuple[WireModel, bytes | None]:
+        return self.mesh_summary(), None
+
+    # -- pubsub ----------------------------------------------------------------------------
+
+    async def subscribe(
+        self, topic: str, handler: TopicHandler, validator: TopicValidator | None = None
+    ) -> None:
+        """Subscribe and drain ``topic``: each valid, new message goes to ``handler``."""
+        self._topic_handlers.setdefault(topic, []).append(handler)
+        if validator is not None:
+            self._topic_validators[topic] = validator
+        if topic in self.pubsub.topic_ids:
+            return
+        sub = await self.pubsub.subscribe(topic)
+        self.nursery.start_soon(self._drain, topic, sub)
+
+    async def unsubscribe(self, topic: str) -> None:
+        self._topic_handlers.pop(topic, None)
+        self._topic_validators.pop(topic, None)
+        if topic in self.pubsub.topic_ids:
+            await self.pubsub.unsubscribe(topic)
+
+    @property
+    def topics(self) -> list[str]:
+        return sorted(self.pubsub.topic_ids) if self.pubsub else []
+
+    async def _drain(self, topic: str, sub: Any) -> None:
+        # Every subscription is drained (a full 32-entry channel makes gossipsub drop).
+        from libp2p.peer.id import ID
+
+        while True:
+            try:
+                raw = await sub.get()
+            except (trio.EndOfChannel, trio.ClosedResourceError):
+                return
+            except Exception:
+                log.exception("subscription to %s failed", topic)
+                return
+            try:
+                if not self._seen.add(bytes(raw.from_id) + bytes(raw.seqno)):
+                    self.stats["pubsub_duplicate"] += 1
+                    continue
+                sender = ID(raw.from_id).to_base58()
+                if sender == self.peer_id:
+                    continue
+                try:
+                    msg = decode(raw.data)
+                except WireError:
+                    self.stats["pubsub_invalid"] += 1
+                    continue
+                validator = self._topic_validators.get(topic)
+                if validator is not None and not validator(sender, msg):
+                    self.stats["pubsub_invalid"] += 1
+                    continue
+                self.stats["pubsub_received"] += 1
+                for handler in list(self._topic_handlers.get(topic, [])):
+                    await handler(sender, msg)
+            except Exception:
+                self.stats["pubsub_handler_error"] += 1
+                log.exception("handler for %s failed", topic)
+
+    async def publish(self, topic: str, msg: WireModel | bytes) -> None:
+        """Queue ``msg`` for ``topic``; waits when the queue is full (nothing dropped silently)."""
+        data = msg if isinstance(msg, bytes) else encode(msg)
+        if len(data) > MAX_PUBSUB_MESSAGE:
+            raise ValueError(f"pubsub message of {len(data)} bytes is over {MAX_PUBSUB_MESSAGE}; send it over RPC or storage")
+        await self._send_pub.send((topic, data))
+
+    async def _publish_pacer(self) -> None:
+        # gossipsub's per-peer outbound queue holds 32 RPCs and rejects on full: wait for room
+        # in the queues of live peers before each publish (a stopped peer must not stall us).
+        while True:
+            topic, data = await self._recv_pub.receive()
+            with trio.move_on_after(2.0):
+                while self._queues_busy():
+                    await trio.sleep(0.002)
+            try:
+                await self.pubsub.publish(topic, data)
+                self.stats["pubsub_published"] += 1
+            except Exception:
+                self.stats["pubsub_publish_error"] += 1
+                log.exception("publish to %s failed", topic)
+
+    def _queues_busy(self, limit: int = 16) -> bool:
+        for pid, queue in list(self.pubsub.peer_queues.items()):
+            rec = self.directory.get(pid.to_base58())
+            if rec is not None and not self.directory.is_online(rec):
+                continue
+            if len(queue) >= limit:
+                return True
+        return False
+
+    # -- presence, liveness, reconnect ------------------------------------------------------
+
+    def heartbeat(self) -> Heartbeat:
+        self._hb_seq += 1
+        return Heartbeat(
+            peer_id=self.peer_id,
+            role=self.role,
+            addrs=self.addrs[:16],
+            api=self.api_addr,
+            topics=self.topics[:256],
+            capabilities=self.capabilities,
+            price_wei=self.price_wei,
+            seq=self._hb_seq,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.publish(MARKET_TOPIC, self.heartbeat())
+            if self.role == Role.BOOTSTRAP:
+                await self.publish(MARKET_TOPIC, self.mesh_summary())
+            self.directory.expire()
+            await trio.sleep(self.heartbeat_interval)
+
+    def _validate_market(self, sender: str, msg: WireModel) -> bool:
+        if isinstance(msg, Heartbeat):
+            return msg.peer_id == sender  # nobody speaks for another peer
+        if isinstance(msg, MeshSummary):
+            return sender in self.bootstrap_ids
+        return True
+
+    async def _on_market(self, sender: str, msg: Any) -> None:
+        if isinstance(msg, Heartbeat):
+            self.directory.observe(msg)
+        elif isinstance(msg, MeshSummary):
+            self.last_summary = msg
+            self.directory.merge_summary(msg.peers, self.peer_id)
+
+    def self_entry(self) -> PeerEntry:
+        hb = self.heartbeat()
+        return PeerEntry(
+            peer_id=self.peer_id, role=self.role, addrs=hb.addrs, topics=hb.topics,
+            capabilities=self.capabilities, price_wei=self.price_wei, last_seen=time.monotonic(),
+        )
+
+    def mesh_summary(self) -> MeshSummary:
+        """This node's view: itself plus every online peer it has heard."""
+        return MeshSummary(peers=[self.self_entry(), *self.directory.entries()], at=time.time())
+
+    async def bootmesh(self, timeout: float = 5.0) -> MeshSummary:
+        """The bootstrap's mesh summary (by RPC; the last one heard on the market topic if the
+        bootstrap does not answer; our own view if we are the bootstrap)."""
+        if self.role == Role.BOOTSTRAP or not self.bootstrap_ids:
+            return self.mesh_summary()
+        for bid in self.bootstrap_ids:
+            try:
+                reply, _ = await self.request(bid, MeshRequest(), timeout=timeout, expect=(MeshSummary,))
+                return reply  # type: ignore[return-value]
+            except RpcError as exc:
+                log.debug("bootmesh from %s failed: %s", bid, exc)
+        if self.last_summary is not None:
+            return self.last_summary
+        return self.mesh_summary()
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self.host.get_connected_peers()] if self.host else []
+
+    async def _reconnect_loop(self) -> None:
+        # py-libp2p never redials: after a bootstrap restart peers stay apart for good and a
+        # 60 s negative dial cache blocks redials (notes, item 8). Unblock and dial ourselves.
+        while True:
+            targets: dict[str, list[str]] = {}
+            for addr in self.bootstrap_addrs:
+                pid = multiaddr.Multiaddr(addr).value_for_protocol("p2p")
+                targets.setdefault(pid, []).append(addr)
+            for rec in self.directory.records(online_only=True):
+                targets.setdefault(rec.peer_id, []).extend(rec.addrs)
+            connected = set(self.connected_peers())
+            missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
+            if missing:
+                async with trio.open_nursery() as n:
+                    for pid, addrs in list(missing.items())[:32]:
+                        n.start_soon(self._dial, pid, addrs)
+            await trio.sleep(1.0)
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        try:
+            pid = ID.from_base58(peer_id)
+            maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+            self.host.get_network().unblock_peer(pid)
+            with trio.move_on_after(3.0):
+                await self.host.connect(PeerInfo(pid, maddrs))
+                self.stats["dials_ok"] += 1
+        except Exception as exc:
+            self.stats["dials_failed"] += 1
+            log.debug("dial %s failed: %r", peer_id, exc)

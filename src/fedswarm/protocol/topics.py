@@ -1,0 +1,24 @@
+"""Topic names and protocol ids: the network's fixed vocabulary."""
+
+from __future__ import annotations
+
+import re
+
+RPC_PROTOCOL = "/fedswarm/rpc/1"
+MARKET_TOPIC = "fedswarm/market/1"
+_JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
+
+
+def job_topic(job_id: str) -> str:
+    """The pubsub topic of one job (round starts, round results)."""
+    if not _JOB_ID.match(job_id):
+        raise ValueError(f"invalid job id {job_id!r}: 1-64 chars of letters, digits, - or _")
+    return f"fedswarm/job/{job_id}/1"
+
+
+def job_id_of_topic(topic: str) -> str | None:
+    """The job id inside a job topic name, or None if ``topic`` is not a job topic."""
+    parts = topic.split("/")
+    if len(parts) == 4 and parts[0] == "fedswarm" and parts[1] == "job" and parts[3] == "1":
+        return parts[2] if _JOB_ID.match(parts[2]) else None
+    return None

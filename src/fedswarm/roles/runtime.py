@@ -1,0 +1,113 @@
+"""Run one node process: identity, the libp2p node, its role and its HTTP API in one trio loop.
+
+When the node is up it writes ``HOME/node.json`` (peer id, multiaddrs, API URL, pid) so that
+scripts, tests and ``fedswarm demo`` can find it without parsing logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import trio
+from fastapi import APIRouter
+
+from fedswarm.api.app import CommandFn, create_app, is_loopback, serve_api
+from fedswarm.config import ConfigError, Settings
+from fedswarm.identity import load_identity
+from fedswarm.p2p.node import Node
+from fedswarm.protocol.messages import Role
+
+log = logging.getLogger("fedswarm.node")
+NODE_INFO_FILE = "node.json"
+
+
+@dataclass
+class RoleParts:
+    """What a role adds to the plain node: API routes, /command verbs, background tasks."""
+
+    routers: list[APIRouter] = field(default_factory=list)
+    commands: dict[str, CommandFn] = field(default_factory=dict)
+    status: Any = None
+    tasks: list[Any] = field(default_factory=list)  # async callables started in the node nursery
+
+
+def parse_api(api: str) -> tuple[str, int]:
+    host, _, port = api.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"--api must be HOST:PORT, got {api!r}")
+    return host, int(port)
+
+
+def write_node_info(home: Path, info: dict[str, Any]) -> None:
+    path = home / NODE_INFO_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+
+
+def read_node_info(home: Path) -> dict[str, Any]:
+    path = Path(home) / NODE_INFO_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no running node found at {home} (missing {NODE_INFO_FILE}); start it with `fedswarm node ...`") from None
+
+
+async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[str], **role_opts: Any) -> None:
+    """Start the node of ``role`` and serve until cancelled."""
+    identity = load_identity(home)
+    api_host, api_port = parse_api(settings.api)
+    token = settings.api_token.get_secret_value() if settings.api_token else None
+    if not is_loopback(api_host) and not token:
+        raise ConfigError(f"binding the API to {api_host} needs an API token: set FEDSWARM_API_TOKEN")
+
+    node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
+    parts = await build_role(role, node, settings, home, role_opts)
+    app = create_app(node, token=token, extra_routers=parts.routers,
+                     extra_commands=parts.commands, status_extra=parts.status)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(node.serve)
+        bound = await nursery.start(serve_api, app, api_host, api_port)
+        api_url = bound[0] if bound else f"http://{api_host}:{api_port}"
+        node.api_addr = api_url
+        for task in parts.tasks:
+            nursery.start_soon(task)
+        write_node_info(home, {"peer_id": node.peer_id, "role": role.value, "addrs": node.addrs,
+                               "api": api_url, "pid": os.getpid(), "address": identity.address,
+                               "box_public": identity.box_public_hex})
+        log.info("%s node ready: peer %s, API %s", role.value, node.peer_id, api_url)
+
+
+def _node_opts(role: Role, opts: dict[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if role == Role.TRAINER:
+        from fedswarm.roles.capabilities import detect_capabilities
+
+        out["capabilities"] = detect_capabilities(allow_gpu=opts.get("allow_gpu", True))
+        out["price_wei"] = int(opts.get("price_wei") or 10**15)
+    for key in ("heartbeat_interval", "peer_timeout"):
+        if opts.get(key) is not None:
+            out[key] = opts[key]
+    return out
+
+
+async def build_role(role: Role, node: Node, settings: Settings, home: Path, opts: dict[str, Any]) -> RoleParts:
+    """The role-specific parts; the client and trainer state machines plug in here."""
+    if role == Role.CLIENT:
+        try:
+            from fedswarm.roles.client import build_client
+        except ImportError:
+            return RoleParts()
+        return await build_client(node, settings, home, opts)
+    if role == Role.TRAINER:
+        try:
+            from fedswarm.roles.trainer import build_trainer
+        except ImportError:
+            return RoleParts()
+        return await build_trainer(node, settings, home, opts)
+    return RoleParts()

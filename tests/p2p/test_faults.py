@@ -1,0 +1,68 @@
+"""Crashes, freezes and a bootstrap restart (each test gets its own swarm: they break it)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+from conftest import HEARTBEAT, Swarm, bootmesh_roles, trainer_online, wait_for
+
+from fedswarm.roles.launcher import start_node
+
+pytestmark = pytest.mark.slow
+TIMEOUT = 3.0  # --peer-timeout given to every node in conftest
+
+
+@pytest.fixture
+def fresh_swarm(tmp_path):  # type: ignore[no-untyped-def]
+    s = Swarm(tmp_path)
+    s.start(trainers=3)
+    try:
+        wait_for(lambda: all(len(bootmesh_roles(n)) == 5 for n in s.nodes), 15, what="full mesh")
+        yield s
+    finally:
+        s.stop()
+
+
+def test_kill9_and_sigstop(fresh_swarm: Swarm) -> None:
+    s = fresh_swarm
+    victim, frozen = s.trainers[0], s.trainers[1]
+    observers = [s.bootstrap, s.client, s.trainers[2]]
+
+    # kill -9: gone (not online) from every directory within the heartbeat timeout (+ slack)
+    victim.popen.send_signal(signal.SIGKILL)
+    t0 = time.monotonic()
+    for obs in observers:
+        wait_for(lambda obs=obs: trainer_online(obs, victim.peer_id) in (False, None), TIMEOUT + 3,
+                 what="killed trainer marked gone")
+    assert time.monotonic() - t0 < TIMEOUT + 3
+    wait_for(lambda: victim.peer_id not in bootmesh_roles(s.client), TIMEOUT + 3, what="killed trainer out of bootmesh")
+
+    # SIGSTOP: unresponsive within the timeout even though TCP stays up; back after SIGCONT
+    os.kill(frozen.popen.pid, signal.SIGSTOP)
+    try:
+        for obs in observers:
+            wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is False, TIMEOUT + 3,
+                     what="frozen trainer unresponsive")
+    finally:
+        os.kill(frozen.popen.pid, signal.SIGCONT)
+    for obs in observers:
+        wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 10, what="thawed trainer back")
+
+
+def test_bootstrap_restart_with_same_key(fresh_swarm: Swarm) -> None:
+    s = fresh_swarm
+    old = s.bootstrap
+    listen = "/ip4/127.0.0.1/tcp/" + old.addr.split("/")[4]
+    old.popen.send_signal(signal.SIGKILL)
+    old.popen.wait(5)
+    time.sleep(1.0)
+    s.bootstrap = start_node("bootstrap", old.home, listen=listen, extra_args=HEARTBEAT)
+    assert s.bootstrap.peer_id == old.peer_id  # same key file -> same identity
+    t0 = time.monotonic()
+    expected = {n.peer_id: n.role.upper() for n in s.nodes}
+    for node in s.nodes:
+        wait_for(lambda node=node: bootmesh_roles(node) == expected, 10, what=f"{node.role} back in bootmesh")
+    assert time.monotonic() - t0 < 10
