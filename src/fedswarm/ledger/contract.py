@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from eth_abi import decode as abi_decode
-from eth_utils import keccak
+from eth_utils import keccak, to_checksum_address
 
 ARTIFACT_DIR = Path(__file__).resolve().parent / "artifacts"
 CONTRACT_NAME = "FedSwarmEscrow"
@@ -156,14 +156,18 @@ def decode_revert(
         if errors and sel in errors:
             name, types, names = errors[sel]
             values = abi_decode(types, body)
-            args = ", ".join(f"{n}={_fmt(v)}" for n, v in zip(names, values, strict=True))
+            args = ", ".join(
+                f"{n}={_fmt(v, t)}" for n, v, t in zip(names, values, types, strict=True)
+            )
             return f"{name}({args})"
     except Exception:  # malformed data: fall through to hex
         pass
     return f"reverted with data 0x{data.hex()}"
 
 
-def _fmt(v: Any) -> str:
+def _fmt(v: Any, abi_type: str) -> str:
+    if abi_type == "address":
+        return to_checksum_address(v)
     if isinstance(v, bytes):
         return "0x" + v.hex()
     return str(v)
