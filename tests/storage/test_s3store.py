@@ -58,6 +58,17 @@ def test_put_get_head_delete(s3: S3Store, tmp_path: Path) -> None:
     s3.delete("jobs/j1/chunk-0")  # idempotent
 
 
+def test_put_leaves_callers_file_open(s3: S3Store) -> None:
+    fh = io.BytesIO(b"prefix-" + b"payload")
+    fh.seek(7)  # upload from the current position, as a file object is read
+    info = s3.put("open/k", fh)
+    assert not fh.closed
+    assert info.size == len(b"payload")
+    buf = io.BytesIO()
+    s3.get("open/k", buf)
+    assert buf.getvalue() == b"payload"
+
+
 def test_multipart_upload_above_threshold(s3: S3Store, tmp_path: Path) -> None:
     src = tmp_path / "big.bin"
     with src.open("wb") as fh:

@@ -186,6 +186,9 @@ class _ProgressReader:
     def readable(self) -> bool:
         return True
 
+    def close(self) -> None:
+        pass  # the command closes the file it opened
+
 
 class _progress:
     """Context manager yielding ``advance(n, absolute=None)``; a rich bar for big transfers

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import subprocess
 import sys
 import time
@@ -46,6 +47,11 @@ from fedswarm.storage.localstore_server import (
     read_secret,
     sign,
 )
+
+# httpx logs every request URL at INFO, and our URLs carry signatures (credentials): keep it
+# at WARNING unless someone configured it explicitly.
+if logging.getLogger("httpx").level == logging.NOTSET:
+    logging.getLogger("httpx").setLevel(logging.WARNING)
 
 # Internal operations (put/get/head/delete by the key holder) use short-lived URLs.
 _INTERNAL_TTL_S = 300

@@ -173,7 +173,7 @@ class S3Store(ObjectStore):
             # The seekable file goes to boto3 as is (it seeks per part); a stream goes through
             # a forward-only hashing wrapper.
             reader = HashingReader(fh, size)
-            body: Any = fh if pre_sha is not None else reader
+            body: Any = _KeepOpen(fh) if pre_sha is not None else reader
             try:
                 self._s3.upload_fileobj(body, self.bucket, key, ExtraArgs=extra,
                                         Config=self._transfer)
@@ -282,3 +282,29 @@ def _sha256_of(fh: Any, size: int) -> str:
         h.update(chunk)
         left -= len(chunk)
     return h.hexdigest()
+
+
+class _KeepOpen:
+    """Seekable view of a caller's file that ignores ``close()``: s3transfer closes the file
+    object it uploads from, which must not close a file the caller still owns."""
+
+    def __init__(self, fh: Any) -> None:
+        self._fh = fh
+
+    def read(self, n: int = -1) -> bytes:
+        return self._fh.read(n)
+
+    def seek(self, pos: int, whence: int = 0) -> int:
+        return self._fh.seek(pos, whence)
+
+    def tell(self) -> int:
+        return self._fh.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
+
+    def close(self) -> None:
+        pass
