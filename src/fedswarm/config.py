@@ -32,7 +32,8 @@ class Settings(BaseSettings):
     (``NETWORK``, ``BOOTSTRAP_ADDR``...), prefixed only where the seed had no name."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", case_sensitive=False,
+        populate_by_name=True,
     )
 
     network: Network = "devnet"

@@ -38,9 +38,12 @@ def setup_logging(level: str = "INFO", json_lines: bool = False, name: str | Non
         handler: logging.Handler = logging.StreamHandler(sys.stderr)
         handler.setFormatter(JsonLineFormatter())
     else:
+        from rich.console import Console
         from rich.logging import RichHandler
 
-        handler = RichHandler(show_path=False, rich_tracebacks=False, log_time_format="%H:%M:%S")
+        # stderr: stdout belongs to command output (JSON reports, tables)
+        handler = RichHandler(console=Console(stderr=True), show_path=False,
+                              rich_tracebacks=False, log_time_format="%H:%M:%S")
         if name:
             handler.setFormatter(logging.Formatter(f"[{name}] %(message)s"))
     root.addHandler(handler)
