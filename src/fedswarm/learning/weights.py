@@ -226,7 +226,8 @@ def save_weights_bytes(state: Mapping[str, np.ndarray]) -> bytes:
     """Serialise a state dict (numpy arrays) to safetensors bytes, checking dtypes and values."""
     clean: dict[str, np.ndarray] = {}
     for name, arr in state.items():
-        arr = np.ascontiguousarray(arr)
+        # not np.ascontiguousarray: it turns 0-d tensors (num_batches_tracked) into shape (1,)
+        arr = np.require(arr, requirements="C")
         if arr.dtype not in (np.float32, np.int64):
             raise WeightsError(f"tensor {name!r} has dtype {arr.dtype}; need float32/int64")
         if arr.dtype == np.float32 and not np.isfinite(arr).all():
