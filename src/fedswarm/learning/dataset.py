@@ -47,7 +47,7 @@ ColumnKind = Literal["integer", "float", "bool", "text", "other"]
 Format = Literal["csv", "parquet", "npz"]
 
 AUTO_MAX_CLASSES = 100  # an integer label with at most this many values is a class label
-DEFAULT_CHUNK_BYTES = 32 << 20  # target raw float32 size of a chunk when N is not given
+DEFAULT_CHUNK_BYTES = 16 << 20  # target raw float32 size of a chunk when N is not given
 _BATCH_ROWS = 65536
 
 
@@ -62,7 +62,7 @@ class IngestLimits:
     max_bytes: int = 64 << 30
     max_rows: int = 500_000_000
     max_columns: int = 10_000
-    max_line_bytes: int = 8 << 20
+    max_line_bytes: int = 1 << 20  # also the CSV block size: pyarrow keeps many blocks in flight
     max_classes: int = 10_000
     max_chunks: int = 1000
     max_chunk_bytes: int = 256 << 20
@@ -609,7 +609,7 @@ def prepare_dataset(
     Parameters: ``label`` names the label column (NPZ: the label array; default ``y``);
     ``features`` names feature columns (default: every other numeric column; NPZ matrix mode:
     names for the columns of ``x``); ``task`` is detected when None; ``num_chunks`` defaults to
-    chunks of about 32 MiB. Writes ``chunk-NNNNN.safetensors`` and ``validation.safetensors`` to
+    chunks of about 16 MiB. Writes ``chunk-NNNNN.safetensors`` and ``validation.safetensors`` to
     ``out_dir``. Returns a :class:`PreparedDataset`; raises :class:`DatasetError`.
     """
     limits = limits or IngestLimits()
