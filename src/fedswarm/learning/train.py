@@ -194,7 +194,7 @@ def evaluate(
     """Metrics of the model with weights ``state`` on ``(x, y)`` (eval mode, no grad).
 
     Always includes ``loss``; classification adds ``accuracy`` and ``f1_macro``, regression
-    ``mse`` and ``mae`` (computed by :mod:`fedswarm.learning.metrics` when present).
+    ``mse`` and ``mae``.
     """
     dev = torch.device(device)
     model = build_model(spec, state, dev)

@@ -498,22 +498,24 @@ def _set_task_cpu_limit(cpu_s: int) -> None:
 
 
 def _child_train(msg: dict[str, Any], out_fd: int, device: Any) -> dict[str, Any]:
-    from fedswarm.learning.budget import Budget, check_budget
+    from fedswarm.learning.budget import Budget
     from fedswarm.learning.data import load_tensors
-    from fedswarm.learning.train import build_model, parse_model_spec, train
+    from fedswarm.learning.train import build_model, train
     from fedswarm.learning.weights import load_weights_file, save_weights_file
 
     task = TrainTask.model_validate(msg["task"])
     out = Path(msg["out"])
-    spec = parse_model_spec(task.model)
-    check_budget(spec, task.batch_size, Budget(**msg.get("budget", {})))
+    spec = _cached(("spec", json.dumps(task.model, sort_keys=True), task.batch_size,
+                    json.dumps(msg.get("budget", {}), sort_keys=True)),
+                   lambda: _checked_spec(task.model, task.batch_size, Budget(**msg.get("budget", {}))))
     state = load_weights_file(task.weights_path)
     if task.mode == "noop":
         build_model(spec, state, "cpu")  # the weights must still fit the model
         # The global weights, untouched: isolates framework overhead in benchmarks.
         save_weights_file(out, state)
         return {"op": "result", "num_samples": 0, "train_loss": 0.0, "batches": 0, "seconds": 0.0}
-    x, y = load_tensors(task.chunk_paths, task.preprocessing, spec.input_shape)
+    x, y = _cached(_data_key(task.chunk_paths, task.preprocessing, spec.input_shape),
+                   lambda: load_tensors(task.chunk_paths, task.preprocessing, spec.input_shape))
     last = [0.0]
 
     def progress(batches: int, loss: float) -> None:
@@ -529,6 +531,33 @@ def _child_train(msg: dict[str, Any], out_fd: int, device: Any) -> dict[str, Any
     save_weights_file(out, res.state)
     return {"op": "result", "num_samples": res.num_samples, "train_loss": res.train_loss,
             "batches": res.batches, "seconds": res.seconds}
+
+
+# A warm worker serves many rounds of the same job: the validated spec and the decoded chunks
+# are kept between rounds (keyed by content / file identity), so a round pays only for training.
+_CACHE: dict[Any, Any] = {}
+
+
+def _cached(key: Any, make: Callable[[], Any]) -> Any:
+    if key not in _CACHE:
+        if len(_CACHE) >= 8:
+            _CACHE.clear()
+        _CACHE[key] = make()
+    return _CACHE[key]
+
+
+def _checked_spec(model: dict[str, Any], batch_size: int, budget: Any) -> Any:
+    from fedswarm.learning.budget import check_budget
+    from fedswarm.learning.train import parse_model_spec
+
+    spec = parse_model_spec(model)
+    check_budget(spec, batch_size, budget)
+    return spec
+
+
+def _data_key(paths: list[str], prep: Preprocessing, shape: list[int]) -> tuple[Any, ...]:
+    stats = tuple((p, st.st_size, st.st_mtime_ns, st.st_ino) for p in paths for st in [os.stat(p)])
+    return ("data", stats, prep.model_dump_json(), tuple(shape))
 
 
 def _child_evaluate(msg: dict[str, Any], device: Any) -> dict[str, Any]:
