@@ -30,8 +30,8 @@ from __future__ import annotations
 import hashlib
 import os
 import struct
-from collections.abc import Iterator
-from typing import BinaryIO
+from collections.abc import Callable, Iterator
+from typing import Any, BinaryIO
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -149,30 +149,45 @@ def ciphertext_size(plaintext_size: int, segment_size: int = SEGMENT_SIZE, seale
     return header + plaintext_size + segments * TAG_SIZE
 
 
-def _run_segments(buf: bytearray, data: bytes | bytearray | memoryview, seg: int, fn) -> list[bytes]:
-    """Feed ``data`` through ``fn(segment, last=False)`` for every segment that is complete and
-    followed by more bytes; keep the rest in ``buf``. Works on memoryviews of the input so
-    large writes are not copied (1 MiB copies cost more than AES-GCM itself)."""
-    out: list[bytes] = []
-    mv = memoryview(data)
-    pos = 0
-    if buf:
-        need = seg - len(buf)
-        if len(buf) < seg:
-            take = min(need, len(mv))
-            buf += mv[:take]
-            pos = take
-        if len(buf) == seg and len(mv) > pos:
-            out.append(fn(bytes(buf), False))
-            buf.clear()
-        else:
-            return out
-    # Strictly more than one segment left: the first one cannot be the last.
-    while len(mv) - pos > seg:
-        out.append(fn(mv[pos : pos + seg], False))
-        pos += seg
-    buf += mv[pos:]
-    return out
+class _Segmenter:
+    """Cuts a byte stream into segments, holding back the latest full one (it may be the last).
+
+    Input pieces are kept by reference when immutable (``bytes`` and read-only views), so
+    segment-aligned input is never copied: copying 1 MiB costs more than encrypting it.
+    """
+
+    def __init__(self, seg: int) -> None:
+        self.seg = seg
+        self.parts: list[memoryview] = []
+        self.held = 0
+
+    def feed(self, data: bytes | bytearray | memoryview, fn: Callable[[Any, bool], bytes]) -> list[bytes]:
+        mv = memoryview(data)
+        if not mv.readonly:
+            mv = memoryview(bytes(mv))  # the caller may reuse a mutable buffer
+        out: list[bytes] = []
+        pos, seg = 0, self.seg
+        # Emit a segment only when strictly more than one segment is available.
+        while self.held + len(mv) - pos > seg:
+            take = seg - self.held
+            if not self.parts:
+                piece: Any = mv[pos : pos + take]
+            elif take == 0 and len(self.parts) == 1:
+                piece = self.parts[0]  # aligned input: the held piece is a whole segment
+            else:
+                piece = b"".join([*self.parts, mv[pos : pos + take]])
+            out.append(fn(piece, False))
+            self.parts, self.held = [], 0
+            pos += take
+        if pos < len(mv):
+            self.parts.append(mv[pos:])
+            self.held += len(mv) - pos
+        return out
+
+    def rest(self) -> bytes:
+        data = b"".join(self.parts)
+        self.parts, self.held = [], 0
+        return data
 
 
 class SegmentEncryptor:
@@ -203,7 +218,7 @@ class SegmentEncryptor:
         self.header = header
         self._ad = _base_ad(header, job_id, chunk_id)
         self._seg = segment_size
-        self._buf = bytearray()
+        self._cut = _Segmenter(segment_size)
         self._index = 0
         self._done = False
 
@@ -218,7 +233,7 @@ class SegmentEncryptor:
         """Add plaintext; returns ciphertext of the segments now known not to be last."""
         if self._done:
             raise ValueError("encryptor already finalised")
-        out = _run_segments(self._buf, data, self._seg, self._seal)
+        out = self._cut.feed(data, self._seal)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> bytes:
@@ -226,9 +241,7 @@ class SegmentEncryptor:
         if self._done:
             raise ValueError("encryptor already finalised")
         self._done = True
-        out = self._seal(bytes(self._buf), True)
-        self._buf = bytearray()
-        return out
+        return self._seal(self._cut.rest(), True)
 
 
 def parse_header(data: bytes) -> tuple[int, int, bytes, bytes | None, int] | None:
@@ -311,6 +324,7 @@ class SegmentDecryptor:
         self._prefix = prefix
         self._seg = seg + TAG_SIZE
         self._ad = _base_ad(header, self._job_id, self._chunk_id)
+        self._cut = _Segmenter(self._seg)
         del self._buf[:hlen]
         return True
 
@@ -338,7 +352,7 @@ class SegmentDecryptor:
             if not self._start():
                 return b""
             data, self._buf = bytes(self._buf), bytearray()
-        out = _run_segments(self._buf, data, self._seg, self._open)
+        out = self._cut.feed(data, self._open)
         return out[0] if len(out) == 1 else b"".join(out)
 
     def finalize(self) -> bytes:
@@ -348,11 +362,10 @@ class SegmentDecryptor:
         self._done = True
         if self._aead is None:
             raise DecryptionError("encrypted object is truncated: header incomplete")
-        if len(self._buf) < TAG_SIZE:
+        rest = self._cut.rest()
+        if len(rest) < TAG_SIZE:
             raise DecryptionError("encrypted object is truncated: last segment missing")
-        out = self._open(bytes(self._buf), True)
-        self._buf = bytearray()
-        return out
+        return self._open(rest, True)
 
 
 # --------------------------------------------------------------------- file and bytes API
@@ -482,7 +495,8 @@ def _decrypt_bytes(dec: SegmentDecryptor, data: bytes) -> bytes:
 def encrypt_bytes(
     data: bytes, key: bytes, job_id: str, chunk_id: str, *, segment_size: int = SEGMENT_SIZE
 ) -> bytes:
-    """Encrypt ``data`` with a chunk key (mode 0)."""
+    """Encrypt ``data`` with a chunk key (mode 0). Large results come back as a ``bytearray``
+    (bytes-like; avoids copying the whole object once more)."""
     return _encrypt_bytes(SegmentEncryptor(key, job_id, chunk_id, segment_size=segment_size), data)
 
 
