@@ -306,3 +306,21 @@ def test_orphans_of_a_killed_owner_are_reaped_on_next_start(tmp_path: Path) -> N
             proc.kill()
             proc.wait()
         kill_pids(list(pids.values()))
+
+
+def test_nodes_starting_together_all_get_funded(devnet: Devnet) -> None:
+    # Prepare: several nodes start at once and each tops its wallet up from the one faucet,
+    # so their faucet transactions race for the same nonces.
+    from concurrent.futures import ThreadPoolExecutor
+
+    settings = devnet_settings(devnet.home)
+    addresses = [f"0x{i:040x}" for i in range(0xA1, 0xA7)]
+
+    # Execute
+    with ThreadPoolExecutor(len(addresses)) as ex:
+        sent = list(ex.map(lambda a: ensure_funded(settings, a, 10**18, 5 * 10**18), addresses))
+
+    # Assert
+    assert sent == [5 * 10**18] * len(addresses)
+    ledger = make_ledger(settings, load_identity(devnet.home.parent / "payer"))
+    assert [ledger.balance(a) for a in addresses] == [5 * 10**18] * len(addresses)
