@@ -28,10 +28,10 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 # anvil (devnet chain) and solc (contract compiler), pinned in tools/package.json
-$(TSTAMP): tools/package.json
+$(TSTAMP): tools/package.json tools/package-lock.json
 	mkdir -p $(TOOLS)
-	cp tools/package.json $(TOOLS)/package.json
-	cd $(TOOLS) && npm install --no-audit --no-fund --loglevel=error
+	cp tools/package.json tools/package-lock.json $(TOOLS)/
+	cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TSTAMP)
 
 tools: $(TSTAMP)

@@ -11,6 +11,7 @@ Key material is never logged; ``Identity.__repr__`` shows public parts only.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -34,7 +35,7 @@ def _write_secret(path: Path, data: bytes) -> None:
     os.replace(tmp, path)
 
 
-def _read_or_create(path: Path, make: "callable[[], bytes]") -> bytes:  # type: ignore[valid-type]
+def _read_or_create(path: Path, make: Callable[[], bytes]) -> bytes:
     if path.exists():
         return path.read_bytes()
     data = make()

@@ -49,6 +49,9 @@ def setup_logging(level: str = "INFO", json_lines: bool = False, name: str | Non
     root.addHandler(handler)
     root.setLevel(level)
     route_libp2p_logging()
+    # httpx logs every request URL at INFO, and presigned URLs carry signatures: never log them.
+    for noisy in ("httpx", "httpcore", "hpack", "web3", "urllib3", "botocore"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime
 
 

@@ -1,0 +1,188 @@
+"""The client's durable job state: SQLite under the node's home (WAL, one writer: the node).
+
+Records are pydantic models stored as JSON beside a few indexed columns, so the state machine
+in ``roles/client.py`` can restart from the last durable step: every transition is written
+before the side effect it enables is considered done (and chain effects are re-checked on the
+chain itself on resume, so nothing is paid twice).
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+JobState = Literal["submitted", "prepared", "bidding", "selected", "escrowed", "running",
+                   "finishing", "done", "failed", "cancelled"]
+UnitState = Literal["assigned", "accepted", "delivered", "failed", "lost", "checked"]
+TERMINAL: set[str] = {"done", "failed", "cancelled"}
+
+
+class JobTerms(BaseModel):
+    """What the user asks for (validated before any money moves)."""
+
+    rounds: int = Field(5, ge=1, le=1000)
+    local_epochs: int = Field(1, ge=1, le=100)
+    batch_size: int = Field(32, ge=1, le=65_536)
+    lr: float = Field(0.01, gt=0, le=10)
+    strategy: str = "fedavg"
+    strategy_params: dict[str, Any] = Field(default_factory=dict)
+    trainers: int = Field(3, ge=1, le=256)
+    standby: int = Field(1, ge=0, le=256)
+    price_cap_wei: int = Field(10**16, ge=1, lt=1 << 128)
+    round_deadline_s: float = Field(120.0, ge=5, le=86_400)
+    settle_window_s: int = Field(3600, ge=10, le=30 * 86_400)
+    reexec_fraction: float = Field(0.34, ge=0, le=1)
+    validation_fraction: float = Field(0.2, gt=0, lt=0.9)
+    label: str | None = None
+    features: list[str] | None = None
+    seed: int = Field(0, ge=0, lt=1 << 31)
+    bid_window_s: float = Field(3.0, ge=0.5, le=600)
+    mode: Literal["train", "noop"] = "train"
+    user_box_public: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    fault: Literal["none", "never-settle"] = "none"
+
+
+class JobRecord(BaseModel):
+    job_id: str
+    state: JobState = "submitted"
+    terms: JobTerms
+    model: dict[str, Any]
+    dataset_path: str
+    dataset_name: str = ""
+    created: float = Field(default_factory=time.time)
+    updated: float = Field(default_factory=time.time)
+    error: str | None = None
+    audit_topic: str | None = None
+    current_round: int = 0
+    num_params: int = 0
+    preprocessing: dict[str, Any] | None = None
+    chunks: list[dict[str, Any]] = Field(default_factory=list)  # id, key, sha256, size, rows, path
+    validation_path: str | None = None
+    train_rows: int = 0
+    chosen: list[dict[str, Any]] = Field(default_factory=list)  # bids (as dicts)
+    standby: list[dict[str, Any]] = Field(default_factory=list)
+    deposited_wei: int = 0
+    escrow_tx: str | None = None
+    result_key: str | None = None
+    result_sha256: str | None = None
+    final_metrics: dict[str, float] = Field(default_factory=dict)
+    faults: list[str] = Field(default_factory=list)
+    events: list[dict[str, Any]] = Field(default_factory=list)  # human-readable timeline
+
+
+class RoundRecord(BaseModel):
+    job_id: str
+    round: int
+    state: Literal["open", "checked", "settled"] = "open"
+    started: float = Field(default_factory=time.time)
+    finished: float | None = None
+    deadline: float = 0.0
+    metrics: dict[str, float] = Field(default_factory=dict)
+    accepted: int = 0
+    rejected: int = 0
+    reassigned: int = 0
+    settle_tx: str | None = None
+
+
+class UnitRecord(BaseModel):
+    job_id: str
+    round: int
+    unit: int
+    slot: int
+    trainer_peer: str
+    trainer_address: str
+    price_wei: int
+    state: UnitState = "assigned"
+    update_key: str
+    update_sha256: str | None = None
+    num_samples: int = 0
+    train_loss: float | None = None
+    verdict: str | None = None  # "accepted" / "rejected"
+    reason: str | None = None
+    assigned_at: float = Field(default_factory=time.time)
+    seconds: float | None = None
+
+
+class ClientDB:
+    """Thread-safe access to the client's SQLite file (called from worker threads)."""
+
+    def __init__(self, path: Path) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        self._conn = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._lock = threading.Lock()
+        with self._lock:
+            self._conn.execute("PRAGMA journal_mode=WAL")
+            self._conn.execute("PRAGMA synchronous=NORMAL")
+            self._conn.executescript("""
+                CREATE TABLE IF NOT EXISTS jobs (job_id TEXT PRIMARY KEY, state TEXT, body TEXT);
+                CREATE TABLE IF NOT EXISTS rounds (job_id TEXT, round INTEGER, body TEXT,
+                    PRIMARY KEY (job_id, round));
+                CREATE TABLE IF NOT EXISTS units (job_id TEXT, round INTEGER, unit INTEGER, body TEXT,
+                    PRIMARY KEY (job_id, round, unit));
+                CREATE TABLE IF NOT EXISTS secrets (job_id TEXT PRIMARY KEY, secret BLOB);
+            """)
+        path.chmod(0o600)
+
+    def close(self) -> None:
+        with self._lock:
+            self._conn.close()
+
+    def _exec(self, sql: str, args: tuple[Any, ...] = ()) -> list[tuple[Any, ...]]:
+        with self._lock:
+            return self._conn.execute(sql, args).fetchall()
+
+    # jobs
+    def put_job(self, job: JobRecord) -> None:
+        job.updated = time.time()
+        self._exec("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?)", (job.job_id, job.state, job.model_dump_json()))
+
+    def get_job(self, job_id: str) -> JobRecord | None:
+        rows = self._exec("SELECT body FROM jobs WHERE job_id = ?", (job_id,))
+        return JobRecord.model_validate_json(rows[0][0]) if rows else None
+
+    def jobs(self) -> list[JobRecord]:
+        return sorted((JobRecord.model_validate_json(r[0]) for r in self._exec("SELECT body FROM jobs")),
+                      key=lambda j: j.created)
+
+    # secrets: the per-job key material never leaves this file (0600)
+    def put_secret(self, job_id: str, secret: bytes) -> None:
+        self._exec("INSERT OR REPLACE INTO secrets VALUES (?, ?)", (job_id, secret))
+
+    def get_secret(self, job_id: str) -> bytes:
+        rows = self._exec("SELECT secret FROM secrets WHERE job_id = ?", (job_id,))
+        if not rows:
+            raise KeyError(f"no secret for job {job_id}")
+        return bytes(rows[0][0])
+
+    # rounds
+    def put_round(self, rnd: RoundRecord) -> None:
+        self._exec("INSERT OR REPLACE INTO rounds VALUES (?, ?, ?)", (rnd.job_id, rnd.round, rnd.model_dump_json()))
+
+    def get_round(self, job_id: str, round_: int) -> RoundRecord | None:
+        rows = self._exec("SELECT body FROM rounds WHERE job_id = ? AND round = ?", (job_id, round_))
+        return RoundRecord.model_validate_json(rows[0][0]) if rows else None
+
+    def rounds(self, job_id: str) -> list[RoundRecord]:
+        rows = self._exec("SELECT body FROM rounds WHERE job_id = ? ORDER BY round", (job_id,))
+        return [RoundRecord.model_validate_json(r[0]) for r in rows]
+
+    # units
+    def put_unit(self, u: UnitRecord) -> None:
+        self._exec("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)", (u.job_id, u.round, u.unit, u.model_dump_json()))
+
+    def units(self, job_id: str, round_: int | None = None) -> list[UnitRecord]:
+        if round_ is None:
+            rows = self._exec("SELECT body FROM units WHERE job_id = ? ORDER BY round, unit", (job_id,))
+        else:
+            rows = self._exec("SELECT body FROM units WHERE job_id = ? AND round = ? ORDER BY unit", (job_id, round_))
+        return [UnitRecord.model_validate_json(r[0]) for r in rows]
+
+
+def to_json(obj: Any) -> str:
+    return json.dumps(obj, separators=(",", ":"))

@@ -1,0 +1,352 @@
+"""`fedswarm demo`: a devnet, a bootstrap, a client and N trainers as separate processes on
+127.0.0.1; one paid job from submit to decrypted result; a report; everything stopped.
+
+Faults (``--faults``) are injected the way they happen for real: ``kill`` SIGKILLs a chosen
+trainer once round 1 starts, ``poison`` and ``lazy`` start one trainer that cheats (it is the
+cheapest, so it gets picked), ``client-restart`` SIGKILLs the client mid-round and starts it
+again on the same home, ``never-settle`` makes the client skip settlement so trainers claim.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import signal
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
+
+DEFAULT_PRICE = 10**15
+FAULTS = {"kill", "poison", "lazy", "client-restart", "never-settle"}
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def bundled_dataset(name: str, dest: Path) -> tuple[Path, str, str]:
+    """Write a scikit-learn dataset (shipped offline) as CSV; returns (path, label, example)."""
+    import numpy as np
+    from sklearn import datasets
+
+    loaders = {"breast_cancer": datasets.load_breast_cancer, "digits": datasets.load_digits}
+    if name not in loaders:
+        raise DemoError(f"unknown bundled dataset {name!r}; use breast_cancer, digits or a file path")
+    ds = loaders[name]()
+    names = [f"f{i}" if name == "digits" else str(n).replace(" ", "_") for i, n in enumerate(ds.feature_names)]
+    labels = [str(ds.target_names[t]) for t in ds.target] if name == "breast_cancer" else [str(t) for t in ds.target]
+    path = dest / f"{name}.csv"
+    with path.open("w") as fh:
+        fh.write(",".join([*names, "label"]) + "\n")
+        for row, lab in zip(np.asarray(ds.data), labels, strict=True):
+            fh.write(",".join(repr(float(v)) for v in row) + f",{lab}\n")
+    return path, "label", name
+
+
+def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer", label: str | None = None,
+             model: str | None = None, faults: list[str] | None = None, strategy: str = "fedavg",
+             workdir: Path | None = None, quiet: bool = False) -> dict[str, Any]:
+    """Run the whole demo and return its report (``ok`` false if the job failed)."""
+    from rich.console import Console
+
+    from fedswarm.devnet import Devnet
+
+    faults = faults or []
+    bad = set(faults) - FAULTS
+    if bad:
+        raise DemoError(f"unknown fault(s) {sorted(bad)}; known: {', '.join(sorted(FAULTS))}")
+    console = Console(stderr=True, quiet=quiet)
+    t_start = time.time()
+    root = Path(workdir) if workdir else Path(tempfile.mkdtemp(prefix="fedswarm-demo-"))
+    root.mkdir(parents=True, exist_ok=True)
+    nodes: list[NodeProcess] = []
+    devnet = None
+    report: dict[str, Any] = {"ok": False, "faults": {"injected": faults, "observed": []}}
+    try:
+        with console.status("starting the devnet (object store, anvil + escrow contract, topic log)"):
+            devnet = Devnet.start(root / "devnet")
+        dn = ["--devnet-home", str(root / "devnet")]
+        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
+        with console.status(f"starting bootstrap, client and {trainers + 1} trainers"):
+            boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
+            specs: list[tuple[str, Path, dict[str, Any]]] = [
+                ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb]})]
+            cheater = "poison" if "poison" in faults else "lazy" if "lazy" in faults else None
+            for i in range(trainers + 1):  # one more than needed: the standby
+                extra = [*dn, *hb, "--no-gpu"]
+                price = DEFAULT_PRICE + 1000 * i
+                if cheater and i == 0:
+                    extra += ["--fault", cheater]
+                    price = DEFAULT_PRICE - 1000  # cheapest: it gets picked
+                extra += ["--price-wei", str(price)]
+                specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": extra}))
+            started = start_nodes(specs)
+        nodes = [boot, *started]
+        client = started[0]
+        trainer_nodes = started[1:]
+        _wait_mesh(client, trainers + 1)
+        console.print(f"[green]network up[/]: bootstrap, client, {len(trainer_nodes)} trainers "
+                      f"(devnet at {root / 'devnet'})")
+
+        if Path(dataset).is_file():
+            data_path, lab, example = Path(dataset), label, None
+        else:
+            data_path, lab, example = bundled_dataset(dataset, root)
+        terms = {"rounds": rounds, "trainers": trainers, "standby": 1, "strategy": strategy,
+                 "label": lab, "round_deadline_s": 60.0, "price_cap_wei": 10**16,
+                 "settle_window_s": 15 if "never-settle" in faults else 3600,
+                 "fault": "never-settle" if "never-settle" in faults else "none",
+                 "local_epochs": 2, "batch_size": 32, "lr": 0.005}
+        job_id = _submit(client, data_path, model or example, terms)
+        console.print(f"submitted [bold]{job_id}[/] ({data_path.name}, {rounds} rounds, {trainers} trainers)")
+        client = _follow_with_faults(client, job_id, faults, trainer_nodes, report, console, root, boot, dn + hb)
+        job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
+        if "never-settle" in faults:
+            _wait_claims(job, devnet, report, console)
+        report.update(_job_report(job, devnet, trainer_nodes, client, root))
+        report["ok"] = job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
+        report["wall_seconds"] = round(time.time() - t_start, 1)
+        _print_report(console, report)
+        return report
+    except Exception as exc:
+        report["error"] = f"{type(exc).__name__}: {exc}"
+        report["wall_seconds"] = round(time.time() - t_start, 1)
+        console.print(f"[red]demo failed[/]: {report['error']}")
+        return report
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+        if devnet is not None:
+            devnet.stop()
+        if workdir is None:
+            shutil.rmtree(root, ignore_errors=True)
+
+
+def _wait_mesh(client: NodeProcess, trainers: int, timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        rows = httpx.get(f"{client.api}/api/v1/trainers", timeout=10).json()["trainers"]
+        if sum(r["online"] for r in rows) >= trainers:
+            return
+        time.sleep(0.2)
+    raise DemoError(f"the client saw fewer than {trainers} trainers within {timeout} s")
+
+
+def _submit(client: NodeProcess, data: Path, model: str | None, terms: dict[str, Any]) -> str:
+    files = {"dataset": (data.name, data.read_bytes())}
+    form = {"terms": json.dumps(terms)}
+    if model and Path(model).is_file():
+        files["model"] = (Path(model).name, Path(model).read_bytes())  # type: ignore[assignment]
+    else:
+        form["example"] = model or "breast_cancer"
+    r = httpx.post(f"{client.api}/api/v1/jobs", files=files, data=form, timeout=120)
+    if r.status_code != 200:
+        raise DemoError(f"submission refused: {r.json().get('error', r.text)}")
+    return r.json()["job_id"]
+
+
+def _follow_with_faults(client: NodeProcess, job_id: str, faults: list[str], trainers: list[NodeProcess],
+                        report: dict[str, Any], console: Any, root: Path, boot: NodeProcess,
+                        client_args: list[str]) -> NodeProcess:
+    from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+    killed = restarted = False
+    with Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                  TimeElapsedColumn(), console=console) as prog:
+        bar = prog.add_task("rounds", total=None)
+        deadline = time.monotonic() + 900
+        while time.monotonic() < deadline:
+            try:
+                job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
+            except httpx.HTTPError:
+                time.sleep(0.5)
+                continue
+            rd = job["rounds_detail"]
+            acc = next((r["val_accuracy"] for r in reversed(rd) if r["val_accuracy"] is not None), None)
+            prog.update(bar, total=job["rounds"], completed=sum(r["state"] == "settled" for r in rd),
+                        description=f"{job['state']:9} rounds" + (f" · val accuracy {acc:.3f}" if acc is not None else ""))
+            if job["state"] in ("done", "failed", "cancelled"):
+                return client
+            in_round1 = job["state"] == "running" and job["current_round"] >= 1 and any(
+                u["round"] == job["current_round"] for u in job["units"])
+            if "kill" in faults and not killed and in_round1:
+                victim = _victim(job, trainers)
+                if victim is not None:
+                    victim.popen.send_signal(signal.SIGKILL)
+                    killed = True
+                    report["faults"]["observed"].append(
+                        f"kill: SIGKILLed trainer {victim.peer_id} in round {job['current_round']}")
+                    report["faults"]["killed_peer"] = victim.peer_id
+            if "client-restart" in faults and not restarted and in_round1:
+                client.popen.send_signal(signal.SIGKILL)
+                client.popen.wait(10)
+                time.sleep(1.0)
+                client = start_node("client", client.home, bootstrap=boot.addr, extra_args=client_args)
+                restarted = True
+                report["faults"]["observed"].append(
+                    f"client-restart: client SIGKILLed in round {job['current_round']} and restarted")
+            time.sleep(0.3)
+    raise DemoError("the job did not finish within 15 minutes")
+
+
+def _victim(job: dict[str, Any], trainers: list[NodeProcess]) -> NodeProcess | None:
+    """A trainer holding a unit of the current round (not a cheater: they are tested apart)."""
+    busy = {u["trainer_peer"] for u in job["units"] if u["round"] == job["current_round"]}
+    for t in trainers:
+        if t.peer_id in busy and "--fault" not in t.popen.args:  # type: ignore[operator]
+            return t
+    return None
+
+
+def _wait_claims(job: dict[str, Any], devnet: Any, report: dict[str, Any], console: Any) -> None:
+    """With a client that never settles, trainers claim once the settle window has passed."""
+    from fedswarm.ledger.evm import job_id_from
+
+    ledger = _reader(devnet)
+    jid = job_id_from(job["job_id"])
+    deadline = time.monotonic() + 120
+    with console.status("waiting for trainers to claim unsettled units"):
+        while time.monotonic() < deadline:
+            events = [e for e in ledger.read_events(from_block=0) if e.args.get("jobId") == jid]
+            commits = [e for e in events if e.name == "UnitCommitted"]
+            claims = [e for e in events if e.name == "UnitClaimed"]
+            if commits and len(claims) >= len(commits):
+                report["faults"]["observed"].append(f"never-settle: trainers claimed {len(claims)} units after the window")
+                return
+            time.sleep(1.0)
+    report["faults"]["observed"].append("never-settle: trainers did not claim within 120 s")
+
+
+def _reader(devnet: Any) -> Any:
+    from eth_account import Account
+
+    from fedswarm.ledger.evm import Ledger
+
+    chain = devnet.state["chain"]
+    return Ledger(chain["rpc_url"], chain["contract_address"], Account.create())
+
+
+def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], client: NodeProcess,
+                root: Path) -> dict[str, Any]:
+    """The JSON report, with money and audit facts read from the chain and the topic log."""
+    from fedswarm.ledger.evm import job_id_from
+
+    ledger = _reader(devnet)
+    jid = job_id_from(job["job_id"])
+    events = [e for e in ledger.read_events(from_block=0)]
+    mine = [e for e in events if e.args.get("jobId") == jid]
+    deposited = sum(e.args["amount"] for e in mine if e.name == "JobCreated")
+    paid = sum(e.args["amount"] for e in mine if e.name in ("UnitSettled", "UnitClaimed") and e.args.get("accepted", True))
+    refunded = sum(e.args.get("refund", 0) for e in mine if e.name in ("JobCompleted", "JobCancelled"))
+    per: dict[str, dict[str, Any]] = {}
+    for t in trainers:
+        per[t.info["address"].lower()] = {"peer_id": t.peer_id, "address": t.info["address"], "units_committed": 0,
+                                          "units_accepted": 0, "units_rejected": 0, "paid_wei": 0, "withdrawn_wei": 0}
+    for e in mine:
+        who = str(e.args.get("trainer", "")).lower()
+        if who not in per:
+            continue
+        if e.name == "UnitCommitted":
+            per[who]["units_committed"] += 1
+        elif e.name == "UnitSettled":
+            per[who]["units_accepted" if e.args["accepted"] else "units_rejected"] += 1
+            per[who]["paid_wei"] += e.args["amount"] if e.args["accepted"] else 0
+        elif e.name == "UnitClaimed":
+            per[who]["paid_wei"] += e.args["amount"]
+    for e in events:
+        who = str(e.args.get("account", "")).lower()
+        if e.name == "Withdrawn" and who in per:
+            per[who]["withdrawn_wei"] += e.args["amount"]
+    # The result: decrypt with the user's key (the client's), and check another key fails.
+    result = _check_result(job, client, root)
+    audit = _check_audit(job, devnet)
+    return {
+        "job_id": job["job_id"], "state": job["state"], "error": job.get("error"),
+        "rounds": [{k: r[k] for k in ("round", "val_loss", "val_accuracy", "units", "accepted", "rejected",
+                                      "reassigned", "seconds")} for r in job["rounds_detail"]],
+        "final": {"val_accuracy": job["final_metrics"].get("accuracy"), "val_loss": job["final_metrics"].get("loss")},
+        "trainers": [v for v in per.values() if v["units_committed"] or v["paid_wei"]],
+        "escrow": {"deposited_wei": deposited, "paid_wei": paid, "refunded_wei": refunded},
+        "audit": audit, "result": result,
+    }
+
+
+def _check_result(job: dict[str, Any], client: NodeProcess, root: Path) -> dict[str, Any]:
+    from fedswarm import crypto
+    from fedswarm.identity import load_identity
+    from fedswarm.learning.weights import load_weights_bytes
+    from fedswarm.storage.download import download_bytes
+
+    out: dict[str, Any] = {"path": None, "sha256": None, "decrypted": False, "other_key_refused": False}
+    if job["state"] != "done":
+        return out
+    link = httpx.get(f"{client.api}/api/v1/jobs/{job['job_id']}/result/link", timeout=30).json()
+    data = download_bytes(link["url"], max_bytes=1 << 30, sha256=link["sha256"])
+    plain = crypto.decrypt_from_box(data, load_identity(client.home).box_key, job["job_id"], "result")
+    load_weights_bytes(plain)
+    path = root / f"{job['job_id']}.safetensors"
+    path.write_bytes(plain)
+    try:
+        crypto.decrypt_from_box(data, load_identity(root / "stranger").box_key, job["job_id"], "result")
+    except crypto.DecryptionError:
+        out["other_key_refused"] = True
+    out.update(path=str(path), sha256=hashlib.sha256(plain).hexdigest(), decrypted=True)
+    return out
+
+
+def _check_audit(job: dict[str, Any], devnet: Any) -> dict[str, Any]:
+    from fedswarm.ledger.audit import LocalAuditLog
+    from fedswarm.ledger.verify import verify_messages
+
+    topic = job.get("audit_topic")
+    if not topic:
+        return {"topic": None, "messages": 0, "verified": False}
+    log = LocalAuditLog(devnet.state["audit"]["url"], None)
+    raw: list[dict[str, Any]] = []
+    after = 0
+    while True:
+        page = log.read(topic, after_seq=after, limit=100)
+        if not page.messages:
+            break
+        raw.extend(page.messages)
+        after = raw[-1]["sequence_number"]
+    result = verify_messages(raw, bytes(48), topic_id=topic)
+    states: dict[str, int] = {}
+    for m in log.iter_messages(topic):
+        try:
+            state = str(m.json().get("state"))
+        except Exception:
+            continue
+        states[state] = states.get(state, 0) + 1
+    return {"topic": topic, "messages": len(raw), "verified": bool(result.ok), "states": states}
+
+
+def _print_report(console: Any, report: dict[str, Any]) -> None:
+    from rich.table import Table
+
+    t = Table("round", "val loss", "val acc", "units", "accepted", "rejected", "reassigned", "seconds", title="rounds")
+    for r in report["rounds"]:
+        t.add_row(*[str(r[k]) if not isinstance(r[k], float) else f"{r[k]:.4f}" for k in
+                    ("round", "val_loss", "val_accuracy", "units", "accepted", "rejected", "reassigned", "seconds")])
+    console.print(t)
+    t2 = Table("trainer", "committed", "accepted", "rejected", "paid (wei)", "withdrawn (wei)", title="trainers")
+    for tr in report["trainers"]:
+        t2.add_row(tr["peer_id"][:24] + "…", str(tr["units_committed"]), str(tr["units_accepted"]),
+                   str(tr["units_rejected"]), str(tr["paid_wei"]), str(tr["withdrawn_wei"]))
+    console.print(t2)
+    esc, res, aud = report["escrow"], report["result"], report["audit"]
+    console.print(f"escrow: deposited {esc['deposited_wei']} = paid {esc['paid_wei']} + refunded {esc['refunded_wei']}"
+                  f" ({'balanced' if esc['deposited_wei'] == esc['paid_wei'] + esc['refunded_wei'] else 'NOT balanced'})")
+    console.print(f"audit topic {aud['topic']}: {aud['messages']} messages, chain {'verified' if aud['verified'] else 'NOT verified'}")
+    console.print(f"result: {res['path']} sha256 {res['sha256']} (decrypted: {res['decrypted']}, other key refused: {res['other_key_refused']})")
+    for line in report["faults"]["observed"]:
+        console.print(f"fault: {line}")
+    final = report["final"]["val_accuracy"]
+    console.print(f"[bold]{'OK' if report.get('ok') else 'FAILED'}[/]: final validation accuracy "
+                  f"{final if final is None else round(final, 4)} in {report.get('wall_seconds')} s")

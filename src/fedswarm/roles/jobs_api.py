@@ -1,0 +1,302 @@
+"""The client node's job API: REST under ``/api/v1/jobs`` (+ quote, examples, node info), the
+seed's ``/command`` verbs ``train`` and ``advertize``, and server-sent events for live views."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import trio
+from fastapi import APIRouter, File, Form, UploadFile
+from fastapi.responses import Response, StreamingResponse
+from pydantic import ValidationError
+
+from fedswarm.api.app import ApiError
+from fedswarm.roles.client import ClientRole, SubmitError, in_thread
+from fedswarm.roles.client_db import TERMINAL, JobRecord, JobTerms
+from fedswarm.roles.runtime import RoleParts
+
+EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
+MAX_UPLOAD = 2 << 30
+
+
+def example_specs() -> dict[str, Path]:
+    """Bundled model specs by name (``breast_cancer``, ``digits``...)."""
+    return {p.name.removesuffix(".seq.json"): p for p in sorted(EXAMPLES_DIR.glob("*.seq.json"))}
+
+
+def parse_terms(raw: str | dict[str, Any] | None) -> JobTerms:
+    try:
+        data = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        return JobTerms.model_validate(data)
+    except (ValueError, ValidationError) as exc:
+        if isinstance(exc, ValidationError):
+            first = exc.errors()[0]
+            raise ApiError(f"bad terms: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        raise ApiError(f"bad terms: not JSON ({exc})") from None
+
+
+def job_summary(job: JobRecord) -> dict[str, Any]:
+    return {"job_id": job.job_id, "state": job.state, "dataset": job.dataset_name, "created": job.created,
+            "updated": job.updated, "rounds": job.terms.rounds, "current_round": job.current_round,
+            "trainers": job.terms.trainers, "deposited_wei": job.deposited_wei, "error": job.error,
+            "final_accuracy": job.final_metrics.get("accuracy")}
+
+
+def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
+    """Everything the job page and `fedswarm job status` show."""
+    rounds = role.db.rounds(job.job_id)
+    units = role.db.units(job.job_id)
+    trainers: dict[str, dict[str, Any]] = {}
+    for bid in [*job.chosen, *job.standby]:
+        trainers[bid["peer_id"]] = {"peer_id": bid["peer_id"], "address": bid["address"], "price_wei": bid["price_wei"],
+                                    "standby": bid in job.standby, "units_assigned": 0, "units_committed": 0,
+                                    "units_accepted": 0, "units_rejected": 0, "paid_wei": 0}
+    for u in units:
+        t = trainers.setdefault(u.trainer_peer, {"peer_id": u.trainer_peer, "address": u.trainer_address,
+                                                 "price_wei": u.price_wei, "standby": False, "units_assigned": 0,
+                                                 "units_committed": 0, "units_accepted": 0, "units_rejected": 0, "paid_wei": 0})
+        t["units_assigned"] += 1
+        t["units_committed"] += u.state in ("delivered", "checked")
+        t["units_accepted"] += u.verdict == "accepted"
+        t["units_rejected"] += u.verdict == "rejected"
+        settled = any(r.round == u.round and r.state == "settled" and r.settle_tx for r in rounds)
+        if u.verdict == "accepted" and settled:
+            t["paid_wei"] += u.price_wei
+    return {
+        **job_summary(job),
+        "terms": job.terms.model_dump(mode="json"),
+        "audit_topic": job.audit_topic,
+        "train_rows": job.train_rows,
+        "num_params": job.num_params,
+        "rounds_detail": [{"round": r.round, "state": r.state, "val_loss": r.metrics.get("loss"),
+                           "val_accuracy": r.metrics.get("accuracy"), "metrics": r.metrics,
+                           "units": sum(1 for u in units if u.round == r.round), "accepted": r.accepted,
+                           "rejected": r.rejected, "reassigned": r.reassigned,
+                           "seconds": round((r.finished or time.time()) - r.started, 3), "settle_tx": r.settle_tx}
+                          for r in rounds],
+        "units": [u.model_dump(mode="json") for u in units],
+        "trainers_detail": list(trainers.values()),
+        "paid_wei": sum(t["paid_wei"] for t in trainers.values()),
+        "result": {"key": job.result_key, "sha256": job.result_sha256} if job.result_key else None,
+        "final_metrics": job.final_metrics,
+        "events": job.events[-100:],
+    }
+
+
+def job_parts(role: ClientRole) -> RoleParts:
+    """The client's API routes, /command verbs, status fields and start-up tasks."""
+    router = APIRouter(prefix="/api/v1")
+    uploads = role.home / "uploads"
+
+    def get_job(job_id: str) -> JobRecord:
+        job = role.db.get_job(job_id)
+        if job is None:
+            raise ApiError(f"no job {job_id}", 404)
+        return job
+
+    async def save_upload(upload: UploadFile, dest_dir: Path) -> Path:
+        name = Path(upload.filename or "upload.bin").name[:128] or "upload.bin"
+        dest_dir.mkdir(parents=True, exist_ok=True)
+        path = dest_dir / name
+        size = 0
+        with path.open("wb") as fh:
+            while chunk := await upload.read(1 << 20):
+                size += len(chunk)
+                if size > MAX_UPLOAD:
+                    raise ApiError(f"{name} is larger than {MAX_UPLOAD >> 20} MiB", 413)
+                fh.write(chunk)
+        return path
+
+    def load_model(raw: bytes, name: str) -> dict[str, Any]:
+        try:
+            model = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            raise ApiError(f"model file {name} is not JSON (a fedswarm-seq/1 spec or an exported graph)") from None
+        if not isinstance(model, dict):
+            raise ApiError("the model must be a JSON object")
+        return model
+
+    @router.post("/jobs")
+    async def submit_job(dataset: UploadFile = File(...), model: UploadFile | None = File(None),
+                         example: str | None = Form(None), terms: str = Form("{}"),
+                         weights: UploadFile | None = File(None)) -> dict[str, Any]:
+        job_terms = parse_terms(terms)
+        dest = uploads / secrets.token_hex(6)
+        data_path = await save_upload(dataset, dest)
+        if model is not None:
+            spec = load_model(await model.read(), model.filename or "model")
+        elif example:
+            path = example_specs().get(example)
+            if path is None:
+                raise ApiError(f"no bundled example {example!r}; known: {', '.join(example_specs())}")
+            spec = json.loads(path.read_text())
+        else:
+            raise ApiError("send a model file or pick a bundled example")
+        weights_path = await save_upload(weights, dest) if weights is not None else None
+        try:
+            job_id = await role.submit(data_path, spec, job_terms, dataset.filename or "", weights_path)
+        except SubmitError as exc:
+            raise ApiError(str(exc)) from None
+        return {"status": "ok", "job_id": job_id}
+
+    @router.get("/jobs")
+    async def list_jobs() -> dict[str, Any]:
+        return {"jobs": [job_summary(j) for j in reversed(role.db.jobs())]}
+
+    @router.get("/jobs/{job_id}")
+    async def job_status(job_id: str) -> dict[str, Any]:
+        return job_detail(role, get_job(job_id))
+
+    @router.post("/jobs/{job_id}/cancel")
+    async def cancel_job(job_id: str) -> dict[str, Any]:
+        get_job(job_id)
+        try:
+            job = role.request_cancel(job_id)
+        except Exception as exc:
+            raise ApiError(str(exc)) from None
+        if job_id not in role._running:  # nothing drives it (e.g. failed to start): cancel now
+            role.start(job_id)
+        return {"status": "ok", "job_id": job_id, "state": job.state}
+
+    @router.get("/jobs/{job_id}/events")
+    async def job_events(job_id: str) -> StreamingResponse:
+        get_job(job_id)
+
+        async def stream() -> Any:
+            last = None
+            for _ in range(20_000):  # bounded: a client reconnects (EventSource does it itself)
+                job = role.db.get_job(job_id)
+                if job is None:
+                    return
+                if job.updated != last or last is None:
+                    last = job.updated
+                    yield f"event: job\ndata: {json.dumps(job_detail(role, job))}\n\n"
+                    if job.state in TERMINAL:
+                        yield "event: end\ndata: {}\n\n"
+                        return
+                else:
+                    yield ": keep-alive\n\n"
+                await trio.sleep(0.5)
+
+        return StreamingResponse(stream(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache"})
+
+    @router.get("/jobs/{job_id}/result")
+    async def job_result(job_id: str) -> Response:
+        job = get_job(job_id)
+        if job.state != "done" or not job.result_key:
+            raise ApiError(f"job {job_id} has no result yet (state {job.state})", 409)
+        data = await in_thread(fetch_result, role, job)
+        return Response(data, media_type="application/octet-stream",
+                        headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"',
+                                 "X-Result-Sha256": job.result_sha256 or ""})
+
+    @router.get("/jobs/{job_id}/result/link")
+    async def job_result_link(job_id: str) -> dict[str, Any]:
+        job = get_job(job_id)
+        if not job.result_key:
+            raise ApiError(f"job {job_id} has no result yet (state {job.state})", 409)
+        url = await in_thread(role.store.presign_get, job.result_key, 3600)
+        return {"url": url, "sha256": job.result_sha256, "job_id": job_id}
+
+    @router.post("/quote")
+    async def quote(body: dict[str, Any]) -> dict[str, Any]:
+        return make_quote(role, parse_terms(body))
+
+    @router.get("/examples")
+    async def examples() -> dict[str, Any]:
+        return {"examples": [{"name": n, "spec": json.loads(p.read_text())} for n, p in example_specs().items()]}
+
+    @router.post("/columns")
+    async def columns(dataset: UploadFile = File(...)) -> dict[str, Any]:
+        from fedswarm.learning.dataset import DatasetError, peek_columns
+
+        path = await save_upload(dataset, uploads / ("peek-" + secrets.token_hex(4)))
+        try:
+            cols = await in_thread(peek_columns, path)
+        except DatasetError as exc:
+            raise ApiError(str(exc)) from None
+        finally:
+            path.unlink(missing_ok=True)
+        return {"columns": [{"name": c.name, "kind": str(c.kind), "numeric": c.numeric} for c in cols]}
+
+    @router.get("/node")
+    async def node_info() -> dict[str, Any]:
+        ident = role.identity
+        try:
+            balance = await in_thread(role.ledger.balance, ident.address)
+        except Exception:
+            balance = None
+        return {"peer_id": ident.peer_id, "address": ident.address, "box_public": ident.box_public_hex,
+                "balance_wei": balance, "network": role.settings.network,
+                "storage": type(role.store).__name__, "ledger": "anvil (devnet)" if role.settings.is_devnet else "Hedera",
+                "contract": role.ledger.contract_address, "api_token_required": bool(role.settings.api_token)}
+
+    async def cmd_train(args: list[Any]) -> dict[str, Any]:
+        if len(args) < 2 or not all(isinstance(a, str) for a in args[:2]):
+            raise ApiError("train needs [dataset_path, model_path_or_example, {terms}]")
+        spec_path = Path(args[1])
+        if args[1] in example_specs():
+            spec_path = example_specs()[args[1]]
+        if not spec_path.is_file():
+            raise ApiError(f"model {args[1]} not found")
+        terms = parse_terms(args[2] if len(args) > 2 else None)
+        try:
+            job_id = await role.submit(Path(args[0]), load_model(spec_path.read_bytes(), spec_path.name), terms)
+        except SubmitError as exc:
+            raise ApiError(str(exc)) from None
+        return {"status": "ok", "job_id": job_id}
+
+    async def cmd_advertize(args: list[Any]) -> dict[str, Any]:
+        from fedswarm.protocol.topics import MARKET_TOPIC
+
+        await role.node.publish(MARKET_TOPIC, role.node.heartbeat())
+        return {"status": "ok", "advertized": role.node.peer_id}
+
+    def status() -> dict[str, Any]:
+        jobs = role.db.jobs()
+        return {"jobs": len(jobs), "jobs_running": sum(1 for j in jobs if j.state not in TERMINAL)}
+
+    async def resume() -> None:
+        role.resume_all()
+
+    return RoleParts(routers=[router], commands={"train": cmd_train, "advertize": cmd_advertize},
+                     status=status, tasks=[resume])
+
+
+def fetch_result(role: ClientRole, job: JobRecord) -> bytes:
+    """Download the encrypted result, check its hash and decrypt it with this node's key."""
+    import io
+
+    from fedswarm import crypto
+
+    buf = io.BytesIO()
+    role.store.get(job.result_key, buf)
+    data = buf.getvalue()
+    if crypto.sha256_bytes(data) != job.result_sha256:
+        raise ApiError("the stored result does not match its recorded hash", 502)
+    return crypto.decrypt_from_box(data, role.identity.box_key, job.job_id, "result")
+
+
+def make_quote(role: ClientRole, terms: JobTerms) -> dict[str, Any]:
+    """An estimate before paying, from the asking prices trainers announce in their heartbeats
+    (the real selection uses signed bids: the price can only be lower or equal)."""
+    from fedswarm.protocol.messages import Role
+
+    online = [r for r in role.node.directory.records(role=Role.TRAINER) if r.price_wei is not None]
+    fit = sorted((r for r in online if r.price_wei <= terms.price_cap_wei), key=lambda r: (r.price_wei, r.peer_id))
+    chosen, standby = fit[: terms.trainers], fit[terms.trainers: terms.trainers + terms.standby]
+    total = sum(r.price_wei * terms.rounds for r in chosen) + sum(r.price_wei * terms.rounds for r in standby)
+    ok = len(chosen) >= terms.trainers
+    reason = None
+    if not ok:
+        cheapest = min((r.price_wei for r in online), default=None)
+        reason = (f"only {len(chosen)} of {terms.trainers} trainers online within the cap of {terms.price_cap_wei} wei"
+                  + (f" (cheapest asks {cheapest} wei)" if cheapest is not None else " (no trainer online)"))
+    return {"ok": ok, "reason": reason, "total_wei": total,
+            "trainers": [{"peer_id": r.peer_id, "price_wei": r.price_wei, "standby": False} for r in chosen]
+            + [{"peer_id": r.peer_id, "price_wei": r.price_wei, "standby": True} for r in standby]}
