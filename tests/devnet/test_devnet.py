@@ -324,3 +324,27 @@ def test_nodes_starting_together_all_get_funded(devnet: Devnet) -> None:
     assert sent == [5 * 10**18] * len(addresses)
     ledger = make_ledger(settings, load_identity(devnet.home.parent / "payer"))
     assert [ledger.balance(a) for a in addresses] == [5 * 10**18] * len(addresses)
+
+
+def test_devnet_up_exits_when_a_service_dies(tmp_path: Path) -> None:
+    # Prepare
+    home = tmp_path / "devnet"
+    proc = _start_up(home)
+    pids: dict[str, int] = {}
+    try:
+        pids = _wait_for_pids(home, proc, START_BUDGET_S)
+
+        # Execute: the audit log crashes
+        os.kill(pids["audit"], signal.SIGKILL)
+        rc = proc.wait(60)
+
+        # Assert: a non-zero exit naming it, and the other services stopped with it
+        out = proc.stdout.read().decode() if proc.stdout else ""
+        assert rc == 1
+        assert "audit exited" in out
+        assert wait_gone(list(pids.values())) == []
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        kill_pids(list(pids.values()))

@@ -91,7 +91,8 @@ def resolve_fund_target(target: str) -> str:
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Start the devnet, print its endpoints, run until SIGINT/SIGTERM, stop the children."""
+    """Start the devnet, print its endpoints, run until SIGINT/SIGTERM/SIGHUP, then stop the
+    children. Exit 1 if a service dies on its own (the others are stopped too)."""
     from rich.console import Console
 
     from fedswarm.devnet.services import Devnet
@@ -112,7 +113,9 @@ def cmd_up(args: argparse.Namespace) -> int:
 
     # Installed before starting, so a SIGTERM that arrives while services come up still ends
     # with every child stopped rather than orphaned.
-    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    # SIGHUP too: closing the terminal should stop the devnet cleanly, not orphan anvil.
+    old = {s: signal.signal(s, on_signal)
+           for s in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)}
     console = Console()
     try:
         try:
@@ -134,7 +137,7 @@ def cmd_up(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
             while not stop.wait(0.5):
                 dead = devnet.dead_services()
-                if dead:
+                if dead and not stop.is_set():  # not the terminal's Ctrl-C reaching them
                     return _fail(f"devnet service(s) {', '.join(dead)} exited; see the logs "
                                  f"under {devnet.home}; stopping the rest")
             return 0

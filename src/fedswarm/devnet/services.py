@@ -153,10 +153,9 @@ class Devnet:
             "pids": {name: p.pid for name, p in procs.items()},
             "owner_pid": os.getpid(),
             "started_at": time.time(),
+            "stopped_at": None,
         }
-        state_update.pop("stopped_at", None)
         state = write_devnet_state(home, state_update)
-        state.pop("stopped_at", None)
         elapsed = time.monotonic() - t0
         log.info("devnet up at %s in %.2f s", home, elapsed)
         return cls(home, procs, state, lock_fd, elapsed)
@@ -191,6 +190,7 @@ class Devnet:
 
     @property
     def pids(self) -> dict[str, int]:
+        """``{"store": pid, "chain": pid, "audit": pid}`` of the running services."""
         return {name: p.pid for name, p in self.procs.items()}
 
     # ------------------------------------------------------------------ use
