@@ -95,10 +95,12 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
                                                        "--fault", "lazy"]}),
         ])
         procs += [trainer, lazy]
-        yield Swarm(root, devnet, boot, trainer, lazy)
+        swarm = Swarm(root, devnet, boot, trainer, lazy)
+        yield swarm
+        procs.append(swarm.lazy)  # a test may have replaced (restarted) it
     finally:
         for p in reversed(procs):
-            p.stop()
+            p.stop()  # safe on an already stopped process
         devnet.stop()
 
 
@@ -377,5 +379,33 @@ async def test_forbidden_bad_hash_and_lazy(swarm: Swarm, dataset, tmp_path: Path
             job_id_from(job_id), 0, [2, 3], [True, False], [b"\x00" * 32, b"\x02" * 32]))
         await client.node.publish(job_topic(job_id), JobFinished(job_id=job_id, state="done"))
         await client.wait_audit(topic, trainer.peer_id, "withdrawn", timeout=60)
+
+    await _with_client(swarm, tmp_path / "client", body)
+
+
+async def test_killed_trainer_resumes_its_unit(swarm: Swarm, dataset, tmp_path: Path) -> None:
+    """SIGKILL right after UnitAccepted; the restarted trainer (same home, new port) logs
+    ``restarted``, finishes the unit and tells the client. Runs last: it replaces a process."""
+    data, spec = dataset
+    victim = swarm.lazy
+    job_id = "job-restart"
+
+    async def body(client: Client) -> None:
+        topic = await client.open_job(job_id, [victim], 3600)
+        box = client.bids[victim.peer_id].box_public
+        wu, glob = client.upload_unit(job_id, 0, 0, box, data, spec, topic, deadline_s=180)
+        await client.node.request(victim.peer_id, wu, expect=(UnitAccepted,))
+        victim.popen.kill()  # SIGKILL: no cleanup of any kind
+        victim.popen.wait(10)
+        argv_extra = ["--devnet-home", str(swarm.devnet.home), *HEARTBEAT, "--price-wei", str(PRICE),
+                      "--no-gpu", "--fault", "lazy"]
+        swarm.lazy = await trio.to_thread.run_sync(lambda: start_node(
+            "trainer", victim.home, bootstrap=swarm.bootstrap.addr, extra_args=argv_extra))
+        peer, done = await client.next_unit_msg(timeout=150)
+        assert peer == victim.peer_id and isinstance(done, UnitDone) and done.unit == 0, done
+        onchain = await trio.to_thread.run_sync(client.ledger.unit, job_id_from(job_id), 0, 0)
+        assert onchain.update_hash.hex() == done.update_sha256
+        msgs = await client.wait_audit(topic, victim.peer_id, "delivered")
+        assert "restarted" in [m["state"] for m in msgs]
 
     await _with_client(swarm, tmp_path / "client", body)
