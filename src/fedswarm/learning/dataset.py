@@ -200,7 +200,9 @@ class _CsvSource(_Source):
 
     def _open(self, include: list[str] | None, types: dict[str, pa.DataType] | None) -> pacsv.CSVStreamingReader:
         # The block size bounds a line: pyarrow refuses a row that straddles two blocks.
-        ro = pacsv.ReadOptions(block_size=self.limits.max_line_bytes, use_threads=True)
+        # One reader thread: pyarrow's parallel decode keeps more blocks in flight (memory) and
+        # competes with the rest of the node for cores.
+        ro = pacsv.ReadOptions(block_size=self.limits.max_line_bytes, use_threads=False)
         co = pacsv.ConvertOptions(include_columns=include, column_types=types)
         try:
             return pacsv.open_csv(self.path, read_options=ro, convert_options=co)
