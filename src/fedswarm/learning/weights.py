@@ -77,10 +77,13 @@ class Layout(BaseModel):
 
 
 def layout_of(state: Mapping[str, np.ndarray]) -> Layout:
-    """The layout of a state dict (numpy arrays), in its iteration order."""
+    """The layout of a state dict (numpy arrays), in canonical (sorted-name) order.
+
+    Canonical because the same weights arrive in different orders: a model's ``state_dict``
+    order, a safetensors file's header order. Flat vectors of two parties must line up."""
     return Layout(
         tensors=tuple(
-            TensorLayout(name=k, shape=tuple(v.shape), dtype=str(v.dtype)) for k, v in state.items()
+            TensorLayout(name=k, shape=tuple(state[k].shape), dtype=str(state[k].dtype)) for k in sorted(state)
         )
     )
 
@@ -90,7 +93,7 @@ def flatten_state(state: Mapping[str, np.ndarray]) -> tuple[np.ndarray, Layout]:
     layout = layout_of(state)
     if not state:
         return np.zeros(0, dtype=np.float32), layout
-    vec = np.concatenate([np.asarray(v, dtype=np.float32).reshape(-1) for v in state.values()])
+    vec = np.concatenate([np.asarray(state[t.name], dtype=np.float32).reshape(-1) for t in layout.tensors])
     return vec, layout
 
 

@@ -514,14 +514,14 @@ class ClientRole:
             return None
         loaded = await in_thread(self._load_updates, job, r, pending)
         layout, gvec = await in_thread(_load_flat, global_path)
-        updates = {str(u.unit): vec for u, vec in loaded.items() if vec is not None}
-        for u, vec in loaded.items():
+        updates = {str(u.unit): vec for u, vec in loaded if vec is not None}
+        for u, vec in loaded:
             if vec is None:
                 u.state, u.verdict = "checked", "rejected"
                 self.db.put_unit(u)
         if not updates:
             return None
-        by_id = {str(u.unit): u for u in loaded}
+        by_id = {str(u.unit): u for u, _ in loaded}
         secret = self.db.get_secret(job.job_id)
         worker = await self._get_worker()
 
@@ -549,7 +549,7 @@ class ClientRole:
                 await self._audit(job, {"state": "rejected", "round": r, "unit": u.unit, "reason": verdict.reason})
         return report
 
-    def _load_updates(self, job: JobRecord, r: int, units: list[UnitRecord]) -> dict[UnitRecord, np.ndarray | None]:
+    def _load_updates(self, job: JobRecord, r: int, units: list[UnitRecord]) -> list[tuple[UnitRecord, np.ndarray | None]]:
         """Download, check against the on-chain hash, decrypt and flatten each update."""
         import io
 
@@ -558,7 +558,7 @@ class ClientRole:
 
         jid = job_id_from(job.job_id)
         layout, _ = _load_flat(self.job_dir(job.job_id) / f"global-{r}.safetensors")
-        out: dict[UnitRecord, np.ndarray | None] = {}
+        out: list[tuple[UnitRecord, np.ndarray | None]] = []
         for u in units:
             try:
                 buf = io.BytesIO()
@@ -570,10 +570,10 @@ class ClientRole:
                 plain = crypto.decrypt_from_box(data, self.identity.box_key, job.job_id, f"update-{r}-{u.unit}")
                 state = load_weights_bytes(plain, expected=layout)
                 vec, _ = flatten_state(state)
-                out[u] = vec
+                out.append((u, vec))
             except Exception as exc:
                 u.reason = f"unusable update: {exc}"[:300]
-                out[u] = None
+                out.append((u, None))
         return out
 
     async def _aggregate(self, job: JobRecord, global_path: Path, next_path: Path,
@@ -595,8 +595,8 @@ class ClientRole:
         return await self._locked(lambda: _evaluate_params(worker, job, layout, new, self.job_dir(job.job_id)))
 
     def _load_accepted(self, job: JobRecord, units: list[UnitRecord]) -> list[tuple[np.ndarray, int]]:
-        loaded = self._load_updates(job, units[0].round, units) if units else {}
-        return [(vec, max(1, u.num_samples)) for u, vec in loaded.items() if vec is not None]
+        loaded = self._load_updates(job, units[0].round, units) if units else []
+        return [(vec, max(1, u.num_samples)) for u, vec in loaded if vec is not None]
 
     async def _settle(self, job: JobRecord, r: int) -> None:
         """Pay accepted units, reject the rest with the reason hash (skipping what the chain
@@ -772,10 +772,11 @@ class ClientRole:
         pre = prepared.preprocessing
         manifest = Manifest(
             job_id=job.job_id,
-            chunks=[ChunkEntry(chunk_id=c["chunk_id"], key=c["key"], rows=c["rows"], plaintext_size=c["plain_size"],
+            chunks=[ChunkEntry(chunk_id=c["chunk_id"], object_key=c["key"], rows=c["rows"], plaintext_size=c["plain_size"],
                                ciphertext_size=c["size"], ciphertext_sha256=c["sha256"]) for c in job.chunks],
-            schema=DatasetSchema(features=pre.features, label=pre.label, task=pre.task),
-            preprocessing=pre,
+            data_schema=DatasetSchema(features=pre.features, label=pre.label, task=pre.task,
+                                      num_classes=pre.num_classes),
+            preprocessing=pre, train_rows=prepared.train_rows, validation_rows=prepared.validation_rows,
         )
         signed = sign_manifest(manifest, self.identity.key_pair())
         self.store.put(f"jobs/{job.job_id}/manifest.json", signed.to_json().encode())
@@ -880,7 +881,7 @@ def _load_flat(path: Path) -> tuple[Any, np.ndarray]:
 def _save_flat(path: Path, layout: Any, vec: np.ndarray) -> None:
     from fedswarm.learning.weights import save_weights_file, unflatten_state
 
-    tmp = path.with_suffix(".tmp")
+    tmp = path.with_name(f".{path.stem}.{secrets.token_hex(3)}.safetensors")
     save_weights_file(tmp, unflatten_state(np.asarray(vec, dtype=np.float32), layout))
     tmp.replace(path)
 
