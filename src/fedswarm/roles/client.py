@@ -532,7 +532,8 @@ class ClientRole:
             u = by_id[unit_id]
             return _reexecute(worker, job, global_path, u, self.job_dir(job.job_id))
 
-        config = CheckConfig(reexec_fraction=job.terms.reexec_fraction if job.terms.mode == "train" else 0.0)
+        config = CheckConfig(reexec_fraction=job.terms.reexec_fraction if job.terms.mode == "train" else 0.0,
+                             loss_rel_tolerance=job.terms.loss_tolerance, loss_abs_tolerance=0.01)
         report = await self._locked(lambda: check_round(
             gvec, updates, round_index=r, secret=secret, config=config,
             evaluate=evaluate if job.terms.mode == "train" else None, reexecute=reexecute,

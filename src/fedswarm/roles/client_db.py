@@ -38,6 +38,9 @@ class JobTerms(BaseModel):
     round_deadline_s: float = Field(120.0, ge=5, le=86_400)
     settle_window_s: int = Field(3600, ge=10, le=30 * 86_400)
     reexec_fraction: float = Field(0.34, ge=0, le=1)
+    # An honest update trained on one chunk can be a little worse on the held-out split than
+    # the aggregate (most of all near convergence); poisoned ones are orders of magnitude worse.
+    loss_tolerance: float = Field(0.5, ge=0, le=100)
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     label: str | None = None
     features: list[str] | None = None

@@ -109,7 +109,9 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
         job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
         if "never-settle" in faults:
             _wait_claims(job, devnet, report, console)
+        _wait_withdrawals(devnet, [t for t in trainer_nodes if t.popen.poll() is None], console)
         report.update(_job_report(job, devnet, trainer_nodes, client, root))
+        _observe_faults(job, faults, trainer_nodes, report)
         report["ok"] = job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
         report["wall_seconds"] = round(time.time() - t_start, 1)
         _print_report(console, report)
@@ -204,6 +206,28 @@ def _victim(job: dict[str, Any], trainers: list[NodeProcess]) -> NodeProcess | N
     return None
 
 
+def _observe_faults(job: dict[str, Any], faults: list[str], trainers: list[NodeProcess],
+                    report: dict[str, Any]) -> None:
+    """Say what the system did about each injected fault (from the job's own records)."""
+    observed = report["faults"]["observed"]
+    rejected = [u for u in job["units"] if u["verdict"] == "rejected"]
+    cheaters = [t for t in trainers if "--fault" in t.popen.args]  # type: ignore[operator]
+    for t in cheaters:
+        mine = [u for u in rejected if u["trainer_peer"] == t.peer_id]
+        paid = next((x["paid_wei"] for x in report["trainers"] if x["peer_id"] == t.peer_id), 0)
+        reasons = sorted({(u["reason"] or "").split(" (")[0][:80] for u in mine})
+        observed.append(f"{', '.join(f for f in faults if f in ('poison', 'lazy'))}: {len(mine)} units of "
+                        f"{t.peer_id} rejected ({'; '.join(reasons)}), paid {paid} wei")
+    reassigned = sum(r["reassigned"] for r in job["rounds_detail"])
+    if reassigned:
+        observed.append(f"{reassigned} units reassigned to standby or healthy trainers within their round")
+    killed = report["faults"].get("killed_peer")
+    if killed:
+        paid = next((x for x in report["trainers"] if x["peer_id"] == killed), None)
+        observed.append(f"kill: the dead trainer was paid {paid['paid_wei'] if paid else 0} wei for "
+                        f"{paid['units_accepted'] if paid else 0} units settled before it died")
+
+
 def _wait_claims(job: dict[str, Any], devnet: Any, report: dict[str, Any], console: Any) -> None:
     """With a client that never settles, trainers claim once the settle window has passed."""
     from fedswarm.ledger.evm import job_id_from
@@ -221,6 +245,17 @@ def _wait_claims(job: dict[str, Any], devnet: Any, report: dict[str, Any], conso
                 return
             time.sleep(1.0)
     report["faults"]["observed"].append("never-settle: trainers did not claim within 120 s")
+
+
+def _wait_withdrawals(devnet: Any, trainers: list[NodeProcess], console: Any, timeout: float = 30) -> None:
+    """Trainers pull their pay when they hear the job finished; give them a moment."""
+    ledger = _reader(devnet)
+    deadline = time.monotonic() + timeout
+    with console.status("waiting for trainers to withdraw their pay"):
+        while time.monotonic() < deadline:
+            if all(ledger.pending(t.info["address"]) == 0 for t in trainers):
+                return
+            time.sleep(0.5)
 
 
 def _reader(devnet: Any) -> Any:
@@ -246,7 +281,8 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
     refunded = sum(e.args.get("refund", 0) for e in mine if e.name in ("JobCompleted", "JobCancelled"))
     per: dict[str, dict[str, Any]] = {}
     for t in trainers:
-        per[t.info["address"].lower()] = {"peer_id": t.peer_id, "address": t.info["address"], "units_committed": 0,
+        per[t.info["address"].lower()] = {"peer_id": t.peer_id, "address": t.info["address"], "price_wei": None,
+                                          "units_committed": 0,
                                           "units_accepted": 0, "units_rejected": 0, "paid_wei": 0, "withdrawn_wei": 0}
     for e in mine:
         who = str(e.args.get("trainer", "")).lower()
@@ -259,6 +295,9 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
             per[who]["paid_wei"] += e.args["amount"] if e.args["accepted"] else 0
         elif e.name == "UnitClaimed":
             per[who]["paid_wei"] += e.args["amount"]
+    for e in mine:
+        if e.name == "TrainerAdded" and str(e.args["trainer"]).lower() in per:
+            per[str(e.args["trainer"]).lower()]["price_wei"] = e.args["pricePerUnit"]
     for e in events:
         who = str(e.args.get("account", "")).lower()
         if e.name == "Withdrawn" and who in per:
