@@ -13,11 +13,20 @@ PYTEST_ARGS ?=
 
 setup: system-deps $(STAMP) $(TSTAMP)
 
-# libgmp headers: libp2p compiles fastecdsa from source. Java: the HCS running-hash vectors.
+# libgmp headers: libp2p compiles fastecdsa from source. A JDK: the HCS running-hash vectors.
+# npm: anvil and solc. Chromium: the browser tests of the web UI (Debian's, never a download).
 system-deps:
-	@dpkg -s libgmp-dev >/dev/null 2>&1 && command -v javac >/dev/null 2>&1 && command -v npm >/dev/null 2>&1 \
-	  || { command -v apt-get >/dev/null 2>&1 && (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq libgmp-dev default-jdk-headless npm >/dev/null) \
-	       || echo "warning: could not install libgmp-dev / a JDK / npm; install them with your package manager"; }
+	@missing=""; \
+	dpkg -s libgmp-dev >/dev/null 2>&1 || missing="$$missing libgmp-dev"; \
+	command -v javac >/dev/null 2>&1 || missing="$$missing default-jdk-headless"; \
+	command -v npm >/dev/null 2>&1 || missing="$$missing npm"; \
+	command -v chromium >/dev/null 2>&1 || missing="$$missing chromium"; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if command -v apt-get >/dev/null 2>&1 && [ "$$(id -u)" = 0 ]; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing >/dev/null; \
+	  else echo "warning: please install:$$missing (tests that need them will skip)"; fi; \
+	fi
 
 $(STAMP): pyproject.toml
 	test -d $(VENV) || $(PY) -m venv $(VENV)
