@@ -1,0 +1,258 @@
+"""The browser UI end to end: Chromium (Playwright) against a real devnet, bootstrap, client and
+trainers. Submits the breast-cancer job through the New job page, follows it to "done" on the
+Job page, downloads the result and checks it against the stored ciphertext; a bad CSV shows its
+error. Screenshots of every page at 1280x800 and 390x844 go to ``test-artifacts/ui/``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import shutil
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.browser]
+
+CHROMIUM = Path("/usr/bin/chromium")
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync"]
+REPO = Path(__file__).resolve().parents[2]
+ARTIFACTS = REPO / "test-artifacts" / "ui"
+EXAMPLE_SPEC = REPO / "examples" / "breast_cancer.seq.json"
+VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
+TRAINERS = 3
+ROUNDS = 3
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's Chromium driven by Playwright; skipped (with the reason) only if it cannot run."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError as exc:
+        pytest.skip(f"playwright is not installed in this venv ({exc})")
+    if not CHROMIUM.exists():
+        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
+    with sync_playwright() as pw:
+        try:
+            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
+        except Exception as exc:  # a broken install: say why rather than fail obscurely
+            pytest.skip(f"Chromium at {CHROMIUM} did not start: {str(exc).splitlines()[0]}")
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+@pytest.fixture(scope="module")
+def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
+    """Devnet + bootstrap + client + TRAINERS+1 trainers (one standby), like `fedswarm demo`."""
+    from fedswarm.devnet import Devnet
+    from fedswarm.roles.demo import DEFAULT_PRICE, bundled_dataset
+    from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
+
+    root = tmp_path_factory.mktemp("ui")
+    nodes: list[NodeProcess] = []
+    devnet = Devnet.start(root / "devnet")
+    try:
+        dn = ["--devnet-home", str(root / "devnet")]
+        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
+        boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
+        nodes.append(boot)
+        # The env var lets the UI's audit route find the devnet's topic log (see mount_ui).
+        specs: list[tuple[str, Path, dict[str, Any]]] = [
+            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb],
+                                         "env": {"FEDSWARM_DEVNET_HOME": str(root / "devnet")}})]
+        for i in range(TRAINERS + 1):
+            specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": [
+                *dn, *hb, "--no-gpu", "--price-wei", str(DEFAULT_PRICE + 1000 * i)]}))
+        started = start_nodes(specs)
+        nodes.extend(started)
+        client = started[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = httpx.get(f"{client.api}/api/v1/trainers", timeout=10).json()["trainers"]
+            if sum(r["online"] for r in rows) >= TRAINERS + 1:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the client did not see every trainer within 60 s")
+        data, _, _ = bundled_dataset("breast_cancer", root)
+        bad = root / "broken.csv"
+        bad.write_text("a,b,c\n1,2\n3,4,5,6\n")
+        yield {"client": client, "root": root, "dataset": data, "bad_csv": bad, "devnet": devnet}
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+        devnet.stop()
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> Path:
+    shutil.rmtree(ARTIFACTS, ignore_errors=True)
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    return ARTIFACTS
+
+
+def shoot(page: Any, name: str, artifacts: Path) -> None:
+    page.screenshot(path=str(artifacts / f"{name}.png"), full_page=True)
+
+
+def new_page(browser: Any, api: str, viewport: str = "desktop") -> Any:
+    ctx = browser.new_context(viewport=VIEWPORTS[viewport], accept_downloads=True, base_url=api)
+    # Any request leaving the node (a CDN, a font) is a bug: fail it loudly.
+    external: list[str] = []
+    ctx.route("**/*", lambda route: route.continue_() if route.request.url.startswith(api)
+              else (external.append(route.request.url), route.abort()))
+    page = ctx.new_page()
+    page.external_requests = external  # type: ignore[attr-defined]
+    page.set_default_timeout(30_000)
+    return page
+
+
+def test_network_and_settings_pages(browser: Any, network: dict[str, Any], artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    api = network["client"].api
+    page = new_page(browser, api)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto("/")
+    expect(page.get_by_role("heading", name="Network")).to_be_visible()
+    rows = page.locator("[data-testid=trainers-table] tbody tr")
+    expect(rows).to_have_count(TRAINERS + 1)
+    expect(page.locator("[data-testid=trainers-table]")).to_contain_text("online")
+    expect(page.locator("[data-testid=trainers-table]")).to_contain_text("cpu")
+    shoot(page, "network-desktop", artifacts)
+
+    # Keyboard: Tab from the skip link reaches the nav; Enter on "Settings" opens it.
+    page.keyboard.press("Tab")
+    expect(page.locator(".skip")).to_be_focused()
+    page.get_by_role("link", name="Settings").focus()
+    page.keyboard.press("Enter")
+    expect(page.get_by_role("heading", name="This node")).to_be_visible()
+    ident = httpx.get(f"{api}/api/v1/node", timeout=10).json()
+    expect(page.get_by_test_id("wallet")).to_have_text(ident["address"])
+    expect(page.get_by_test_id("balance")).to_contain_text("wei")
+    expect(page.locator("[data-testid=node-facts]")).to_contain_text("anvil")
+    # The token is labelled, kept in localStorage and sent as a Bearer token on mutations.
+    page.get_by_label("API token").fill("s3cret-token")
+    page.get_by_role("button", name="Save token").click()
+    assert page.evaluate("localStorage.getItem('fedswarm.apiToken')") == "s3cret-token"
+    shoot(page, "settings-desktop", artifacts)
+    page.get_by_role("button", name="Clear").click()
+    assert page.evaluate("localStorage.getItem('fedswarm.apiToken')") is None
+    assert not errors, errors
+    assert not page.external_requests, page.external_requests
+    page.context.close()
+
+
+def test_bad_csv_shows_error(browser: Any, network: dict[str, Any], artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    page = new_page(browser, network["client"].api)
+    page.goto("/#/new")
+    page.get_by_label("Dataset (CSV, Parquet or NPZ)").set_input_files(str(network["bad_csv"]))
+    err = page.get_by_test_id("dataset-error")
+    expect(err).to_contain_text("malformed CSV row")
+    expect(page.get_by_label("Dataset (CSV, Parquet or NPZ)")).to_have_attribute("aria-invalid", "true")
+    # Bad terms are refused inline too, before anything is sent.
+    page.get_by_label("Rounds").fill("0")
+    page.get_by_role("button", name="Get quote").click()
+    expect(page.get_by_test_id("form-error")).to_contain_text("rounds")
+    expect(page.get_by_role("button", name="Confirm & pay")).to_be_disabled()
+    shoot(page, "new-job-error-desktop", artifacts)
+    # Confirming without a usable dataset never reaches the node: no job appears.
+    assert httpx.get(f"{network['client'].api}/api/v1/jobs", timeout=10).json()["jobs"] == []
+    page.context.close()
+
+
+def test_submit_watch_download(browser: Any, network: dict[str, Any], artifacts: Path) -> None:
+    from playwright.sync_api import expect
+
+    from fedswarm import crypto
+    from fedswarm.identity import load_identity
+
+    client = network["client"]
+    page = new_page(browser, client.api)
+    errors: list[str] = []
+    page.on("pageerror", lambda exc: errors.append(str(exc)))
+    page.goto("/#/new")
+    page.get_by_label("Dataset (CSV, Parquet or NPZ)").set_input_files(str(network["dataset"]))
+    expect(page.get_by_test_id("columns-ok")).to_contain_text("31 columns")
+    page.get_by_label("Label column").select_option("label")
+    page.get_by_label("…or a model file").set_input_files(str(EXAMPLE_SPEC))
+    page.get_by_label("Bundled example").select_option("")  # use the uploaded spec file
+    page.get_by_label("Rounds").fill(str(ROUNDS))
+    page.get_by_label("Trainers").fill(str(TRAINERS))
+    page.get_by_role("button", name="Get quote").click()
+    expect(page.locator("[data-testid=quote-table] tbody tr")).to_have_count(TRAINERS + 1)  # + standby
+    # (3 selected + 1 standby) x 3 rounds at 1e15..1e15+3000 wei each
+    expect(page.get_by_test_id("quote-total")).to_contain_text(str(sum(10**15 + 1000 * i for i in range(4)) * ROUNDS))
+    shoot(page, "new-job-desktop", artifacts)
+    page.get_by_role("button", name="Confirm & pay").click()
+
+    page.wait_for_url("**/#/job/*")
+    job_id = page.url.rsplit("/", 1)[-1]
+    expect(page.get_by_test_id("stepper")).to_be_visible()
+    expect(page.get_by_test_id("job-state")).to_have_text("done", timeout=240_000)
+    expect(page.locator("[data-testid=stepper] li.done")).to_have_count(6)
+    # The chart has a point for every round, for both series.
+    expect(page.locator("[data-testid=rounds-chart] circle.pt.acc")).to_have_count(ROUNDS)
+    expect(page.locator("[data-testid=rounds-chart] circle.pt.loss")).to_have_count(ROUNDS)
+    rows = page.locator("[data-testid=job-trainers] tbody tr")
+    expect(rows.first).to_be_visible()
+    expect(page.get_by_test_id("audit-status")).to_have_attribute("data-verified", "true", timeout=30_000)
+    expect(page.locator("[data-testid=audit-table]")).to_contain_text("round_settled")
+    job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
+    assert job["state"] == "done" and len(job["rounds_detail"]) == ROUNDS
+    accepted = sum(t["units_accepted"] for t in job["trainers_detail"])
+    assert accepted >= TRAINERS * ROUNDS
+    expect(page.get_by_test_id("result-sha256")).to_have_text(job["result"]["sha256"])
+    shoot(page, "job-desktop", artifacts)
+
+    with page.expect_download() as dl_info:
+        page.get_by_test_id("download").click()
+    saved = artifacts / f"{job_id}.safetensors"
+    dl_info.value.save_as(str(saved))
+    got = saved.read_bytes()
+    # The job's hash is of the ciphertext in the store: fetch it independently, check that
+    # hash, decrypt it with the client's key and compare with what the browser downloaded.
+    link = httpx.get(f"{client.api}/api/v1/jobs/{job_id}/result/link", timeout=30).json()
+    buf = io.BytesIO(httpx.get(link["url"], timeout=60).content)
+    assert hashlib.sha256(buf.getvalue()).hexdigest() == job["result"]["sha256"]
+    plain = crypto.decrypt_from_box(buf.getvalue(), load_identity(client.home).box_key, job_id, "result")
+    assert hashlib.sha256(got).hexdigest() == hashlib.sha256(plain).hexdigest()
+    assert got[8:9] == b"{"  # a safetensors file: 8-byte header length, then its JSON header
+
+    page.get_by_role("link", name="History").click()
+    row = page.locator("[data-testid=history-table] tbody tr", has_text=job_id)
+    expect(row).to_contain_text("done")
+    final = job["final_metrics"]["accuracy"]
+    expect(row).to_contain_text(f"{final:.4f}")
+    assert final >= 0.9
+    shoot(page, "history-desktop", artifacts)
+    assert not errors, errors
+    assert not page.external_requests, page.external_requests
+    page.context.close()
+
+    # Every page at phone size too; nothing may overflow the 390 px viewport sideways.
+    phone = new_page(browser, client.api, "phone")
+    ready = {"network": "trainers-table", "new-job": "quote", "job": "rounds-chart",
+             "history": "history-table", "settings": "node-facts"}
+    for name, url in [("network", "/#/network"), ("new-job", "/#/new"), ("job", f"/#/job/{job_id}"),
+                      ("history", "/#/history"), ("settings", "/#/settings")]:
+        phone.goto(url)
+        phone.get_by_test_id(ready[name]).wait_for(state="attached")
+        if name == "job":
+            expect(phone.get_by_test_id("job-state")).to_have_text("done")
+        width = phone.evaluate("document.documentElement.scrollWidth")
+        assert width <= 390, f"{name} page is {width}px wide on a 390px phone"
+        shoot(phone, f"{name}-phone", artifacts)
+    phone.context.close()
