@@ -181,7 +181,7 @@ class ClientRole:
         job.train_rows = prepared.train_rows
         job.chunks = await in_thread(self._upload_chunks, job, secret, prepared.chunks)
         if not (workdir / "global-0.safetensors").exists():
-            await in_thread(_write_initial_weights, job.model, job.terms.seed, workdir / "global-0.safetensors")
+            await _write_initial_weights(job.model, job.terms.seed, workdir)
         job.audit_topic = await in_thread(self.audit.create_topic, f"fedswarm job {job.job_id}")
         await in_thread(self._upload_manifest, job, prepared)
         job.state = "prepared"
@@ -865,11 +865,18 @@ def _prepare_dataset(job: JobRecord, workdir: Path) -> Any:
         raise JobFailed(str(exc)) from None
 
 
-def _write_initial_weights(model: dict[str, Any], seed: int, path: Path) -> None:
-    from fedswarm.learning.train import initial_state, parse_model_spec
-    from fedswarm.learning.weights import save_weights_file
+async def _write_initial_weights(model: dict[str, Any], seed: int, workdir: Path) -> None:
+    """Seeded initial weights, made in a child process (torch stays out of the node)."""
+    import sys
 
-    save_weights_file(path, initial_state(parse_model_spec(model), seed))
+    spec = workdir / "model.json"
+    spec.write_text(json.dumps(model))
+    result = await trio.run_process(
+        [sys.executable, "-m", "fedswarm.learning.initweights", str(spec), str(seed),
+         str(workdir / "global-0.safetensors")], capture_stdout=True, capture_stderr=True, check=False)
+    if result.returncode != 0:
+        tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise JobFailed(f"could not create the initial weights: {tail[0][:200]}")
 
 
 def _load_flat(path: Path) -> tuple[Any, np.ndarray]:

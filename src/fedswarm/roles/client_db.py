@@ -45,7 +45,7 @@ class JobTerms(BaseModel):
     label: str | None = None
     features: list[str] | None = None
     seed: int = Field(0, ge=0, lt=1 << 31)
-    bid_window_s: float = Field(3.0, ge=0.5, le=600)
+    bid_window_s: float = Field(10.0, ge=0.5, le=600)  # closes early once enough bids arrived
     mode: Literal["train", "noop"] = "train"
     user_box_public: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
     fault: Literal["none", "never-settle"] = "none"
