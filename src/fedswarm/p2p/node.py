@@ -288,23 +288,41 @@ class Node:
         expect: tuple[type[WireModel], ...] | None = None,
     ) -> tuple[WireModel, bytes | None]:
         """Send one request on a new stream; returns the reply. Raises :class:`RpcError`."""
-        from libp2p.custom_types import TProtocol
-        from libp2p.peer.id import ID
 
         timeout = timeout or self.rpc_timeout
         self.remember_addrs(peer_id)
+        deadline = trio.current_time() + timeout
+        try:
+            # First try on the existing connection; if it does not answer in time, the
+            # connection may be half-dead (py-libp2p keeps such ones): drop it, dial afresh.
+            reply, rblob = await self._request_once(peer_id, msg, blob, timeout * 0.6)
+        except RpcError as exc:
+            if exc.code not in ("timeout", "unreachable") or trio.current_time() > deadline - 1.0:
+                raise
+            self.stats["rpc_retry"] += 1
+            await self._drop_connections(peer_id)
+            reply, rblob = await self._request_once(peer_id, msg, blob, deadline - trio.current_time())
+        if isinstance(reply, ErrorReply):
+            raise RpcError(reply.code, reply.message)
+        if expect and not isinstance(reply, expect):
+            raise RpcError("bad_reply", f"expected {[e.TYPE for e in expect]}, got {reply.TYPE}")
+        return reply, rblob
+
+    async def _request_once(self, peer_id: str, msg: WireModel, blob: bytes | None,
+                            timeout: float) -> tuple[WireModel, bytes | None]:
+        from libp2p.custom_types import TProtocol
+        from libp2p.peer.id import ID
+
         stream = None
         try:
             with trio.fail_after(timeout):
                 stream = await self.host.new_stream(ID.from_base58(peer_id), [TProtocol(RPC_PROTOCOL)])
                 await write_message(stream, msg, blob, timeout)
-                reply, rblob = await FrameReader(stream, timeout).read_message()
+                return await FrameReader(stream, timeout).read_message()
         except trio.TooSlowError:
             raise RpcError("timeout", f"{msg.TYPE} to {peer_id[:16]}… got no answer in {timeout:.0f} s") from None
         except (FrameError, WireError) as exc:
             raise RpcError("bad_reply", f"{msg.TYPE} to {peer_id[:16]}…: {exc}") from None
-        except RpcError:
-            raise
         except Exception as exc:
             raise RpcError("unreachable", f"{msg.TYPE} to {peer_id[:16]}…: {type(exc).__name__}: {exc}") from None
         finally:
@@ -312,11 +330,17 @@ class Node:
                 with trio.move_on_after(1):
                     with contextlib.suppress(Exception):
                         await stream.close()
-        if isinstance(reply, ErrorReply):
-            raise RpcError(reply.code, reply.message)
-        if expect and not isinstance(reply, expect):
-            raise RpcError("bad_reply", f"expected {[e.TYPE for e in expect]}, got {reply.TYPE}")
-        return reply, rblob
+
+    async def _drop_connections(self, peer_id: str) -> None:
+        from libp2p.peer.id import ID
+
+        try:
+            pid = ID.from_base58(peer_id)
+            with trio.move_on_after(2):
+                await self.host.get_network().close_peer(pid)
+            self.host.get_network().unblock_peer(pid)
+        except Exception as exc:
+            log.debug("dropping connections to %s failed: %r", peer_id, exc)
 
     def remember_addrs(self, peer_id: str) -> None:
         from libp2p.peer.id import ID
@@ -506,7 +530,11 @@ class Node:
                 pid = multiaddr.Multiaddr(addr).value_for_protocol("p2p")
                 targets.setdefault(pid, []).append(addr)
             for rec in self.directory.records(online_only=True):
-                targets.setdefault(rec.peer_id, []).extend(rec.addrs)
+                # Only one side of a pair dials (the smaller peer id): two simultaneous dials
+                # leave py-libp2p with duplicate connections, one of which can be half-dead,
+                # and streams opened on it hang until their timeout.
+                if self.peer_id < rec.peer_id:
+                    targets.setdefault(rec.peer_id, []).extend(rec.addrs)
             connected = set(self.connected_peers())
             missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
             if missing:

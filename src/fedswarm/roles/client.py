@@ -18,6 +18,8 @@ import json
 import logging
 import math
 import secrets
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -110,8 +112,15 @@ class ClientRole:
         here; errors raise :class:`SubmitError` with a one-line reason."""
         job_id = new_job_id()
         workdir = self.job_dir(job_id)
-        num_params = await in_thread(_validate_submission, dataset_path, model, terms, initial_weights)
+        num_features = await in_thread(_validate_submission, dataset_path, terms)
         workdir.mkdir(parents=True, exist_ok=True)
+        try:
+            num_params = await _check_model(model, num_features, terms.batch_size, initial_weights, workdir)
+        except SubmitError:
+            import shutil
+
+            shutil.rmtree(workdir, ignore_errors=True)  # a refused submission leaves nothing behind
+            raise
         if initial_weights is not None:
             (workdir / "global-0.safetensors").write_bytes(Path(initial_weights).read_bytes())
         job = JobRecord(job_id=job_id, terms=terms, model=model, dataset_path=str(dataset_path),
@@ -817,9 +826,9 @@ def _jsonable(obj: Any) -> Any:
     return obj
 
 
-def _validate_submission(dataset: Path, model: dict[str, Any], terms: JobTerms,
-                         initial_weights: Path | None) -> int:
-    """Dry-run the dataset and model before anything is spent; returns the parameter count."""
+def _validate_submission(dataset: Path, terms: JobTerms) -> int:
+    """Dry-run the dataset (a few rows, same checks as ingestion) and the strategy before
+    anything is spent; returns the number of features."""
     from fedswarm.learning.dataset import DatasetError, dry_run
     from fedswarm.learning.strategies import make_strategy
 
@@ -831,27 +840,35 @@ def _validate_submission(dataset: Path, model: dict[str, Any], terms: JobTerms,
         raise SubmitError(str(exc)) from None
     try:
         make_strategy(terms.strategy, **terms.strategy_params)
-    except ValueError as exc:
+    except (TypeError, ValueError) as exc:
         raise SubmitError(f"strategy: {exc}") from None
-    return _model_params(model, len(dry.features), initial_weights, terms.batch_size)
+    return len(dry.features)
 
 
-def _model_params(model: dict[str, Any], num_features: int, initial_weights: Path | None, batch_size: int) -> int:
-    from fedswarm.learning.budget import BudgetExceeded, check_budget
-    from fedswarm.learning.spec import SpecError
-    from fedswarm.learning.train import parse_model_spec
+async def _model_tool(*args: str) -> subprocess.CompletedProcess[bytes]:
+    return await trio.run_process([sys.executable, "-m", "fedswarm.learning.modeltool", *args],
+                                  capture_stdout=True, capture_stderr=True, check=False)
 
+
+async def _check_model(model: dict[str, Any], num_features: int, batch_size: int,
+                       initial_weights: Path | None, workdir: Path) -> int:
+    """Validate the model and dry-run it on the meta device (in a child process); returns
+    its parameter count or raises :class:`SubmitError`."""
+    spec_path = workdir / "model.json"
+    spec_path.write_text(json.dumps(model))
+    result = await _model_tool("check", str(spec_path), str(batch_size))
     try:
-        spec = parse_model_spec(model)
-        report = check_budget(spec, batch_size)
-    except (SpecError, BudgetExceeded, ValueError) as exc:
-        raise SubmitError(f"model rejected: {exc}") from None
-    shape = getattr(spec, "input_shape", None)
-    if shape and len(shape) == 1 and shape[0] != num_features:
+        report = json.loads(result.stdout.decode().strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        raise SubmitError("the model could not be checked (its checker crashed)") from None
+    if "error" in report:
+        raise SubmitError(f"model rejected: {report['error']}")
+    shape = report.get("input_shape") or []
+    if len(shape) == 1 and shape[0] != num_features:
         raise SubmitError(f"model expects {shape[0]} input features, the dataset has {num_features}")
-    if getattr(spec, "format", "") == "fedswarm-graph/1" and initial_weights is None:
+    if report.get("format") == "fedswarm-graph/1" and initial_weights is None:
         raise SubmitError("a fedswarm-graph/1 model needs its exported weights (weights.safetensors)")
-    return int(report.params)
+    return int(report["params"])
 
 
 def _prepare_dataset(job: JobRecord, workdir: Path) -> Any:
@@ -867,13 +884,9 @@ def _prepare_dataset(job: JobRecord, workdir: Path) -> Any:
 
 async def _write_initial_weights(model: dict[str, Any], seed: int, workdir: Path) -> None:
     """Seeded initial weights, made in a child process (torch stays out of the node)."""
-    import sys
-
     spec = workdir / "model.json"
     spec.write_text(json.dumps(model))
-    result = await trio.run_process(
-        [sys.executable, "-m", "fedswarm.learning.initweights", str(spec), str(seed),
-         str(workdir / "global-0.safetensors")], capture_stdout=True, capture_stderr=True, check=False)
+    result = await _model_tool("init", str(spec), str(seed), str(workdir / "global-0.safetensors"))
     if result.returncode != 0:
         tail = result.stderr.decode(errors="replace").strip().splitlines()[-1:] or ["no output"]
         raise JobFailed(f"could not create the initial weights: {tail[0][:200]}")

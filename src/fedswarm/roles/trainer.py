@@ -358,7 +358,11 @@ class Trainer:
         if wu.deadline <= time.time() + MIN_UNIT_SECONDS:
             raise Rejected(f"deadline of unit {wu.round}/{wu.unit} is too close or passed")
         key = (wu.job_id, wu.round, wu.unit)
-        if key in self._running or not self.db.add_unit(*key, wu.model_dump(mode="json"), wu.deadline):
+        if key in self._running:
+            # The same order again from the same client: an RPC retry after a slow answer.
+            # Answer the same way (idempotent) and keep the one unit we are working on.
+            return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
+        if not self.db.add_unit(*key, wu.model_dump(mode="json"), wu.deadline):
             raise Rejected(f"unit {wu.round}/{wu.unit} of job {wu.job_id} is already held", code="busy")
         self.stats.bump("units_accepted")
         self._running.add(key)
