@@ -1,6 +1,6 @@
 // fedswarm UI: hash-routed single-page app (Network, New job, Job, History, Settings).
 import { api, getToken, setToken } from "./api.js";
-import { h, short, wei, num, when, table } from "./dom.js";
+import { h, fill, short, wei, num, when, table } from "./dom.js";
 import { roundsChart } from "./chart.js";
 
 const view = document.getElementById("view");
@@ -16,7 +16,7 @@ function alertBox(msg, id) {
 
 function page(title, ...body) {
   document.title = `${title} · fedswarm`;
-  view.replaceChildren(h("h1", {}, title), ...body);
+  fill(view, h("h1", {}, title), ...body);
 }
 
 // --- Network ------------------------------------------------------------------------------
@@ -33,7 +33,7 @@ function networkPage() {
       const [trainers, peers] = await Promise.all([api("/api/v1/trainers"), api("/api/v1/peers")]);
       const dir = peers.directory || [];
       const count = (role, online) => dir.filter((p) => p.role === role && (!online || p.online)).length;
-      summary.replaceChildren(
+      fill(summary, 
         card("Bootstrap", `${count("bootstrap", true)} online`),
         card("Clients", `${count("client", true)} online`),
         card("Trainers", `${trainers.trainers.filter((t) => t.online).length} online / ${trainers.trainers.length} seen`),
@@ -48,11 +48,11 @@ function networkPage() {
           h("td", {}, wei(t.price_wei)),
           h("td", {}, t.last_seen ? `${Math.max(0, Math.round(Date.now() / 1000 - t.last_seen))} s ago` : "—"));
       });
-      trainersBox.replaceChildren(table("Trainers with capabilities and asking price per work unit",
+      fill(trainersBox, table("Trainers with capabilities and asking price per work unit",
         ["peer", "state", "device", "CPU cores", "RAM", "asking price", "last seen"], rows, { "data-testid": "trainers-table" }));
       err.replaceChildren();
       updated.textContent = `updated ${new Date().toLocaleTimeString()}`;
-    } catch (exc) { err.replaceChildren(alertBox(exc.message, "network-error")); }
+    } catch (exc) { fill(err, alertBox(exc.message, "network-error")); }
   });
 }
 
@@ -84,6 +84,12 @@ async function newJobPage() {
   const strategy = h("select", { id: "strategy", name: "strategy" },
     ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "clipped_fedavg", "median", "trimmed_mean", "krum", "multikrum"]
       .map((n) => h("option", { value: n }, n)));
+  const numF = (id, value, min, max, step) => h("input", { type: "number", id, name: id, value, min, max, step, required: true, inputmode: "decimal" });
+  const bidWindow = numF("bid_window_s", 3, 0.5, 600, 0.5);
+  const deadline = numF("round_deadline_s", 120, 5, 86400, 1);
+  const standby = numIn("standby", 1, 0, 256);
+  const batch = numIn("batch_size", 32, 1, 65536);
+  const lr = numF("lr", 0.01, 0.00001, 10, "any");
   const formErr = h("div", { id: "form-error-box", "aria-live": "assertive" });
   const quoteBox = h("section", { id: "quote", "aria-live": "polite", "data-testid": "quote" });
   const quoteBtn = h("button", { type: "button", id: "quote-btn" }, "Get quote");
@@ -101,19 +107,26 @@ async function newJobPage() {
       field("Rounds", rounds), field("Local epochs", epochs), field("Trainers", trainers),
       field("Price cap per unit (wei)", priceCap, "The most a trainer may ask per work unit."),
       field("Aggregation strategy", strategy)),
+    h("details", { class: "advanced" }, h("summary", {}, "Advanced terms"),
+      h("div", { class: "grid" },
+        field("Standby trainers", standby), field("Batch size", batch), field("Learning rate", lr),
+        field("Bid window (s)", bidWindow, "How long to collect trainers' bids."),
+        field("Round deadline (s)", deadline, "A unit not delivered by then is reassigned."))),
     h("div", { class: "actions" }, quoteBtn, confirmBtn),
     formErr, quoteBox);
   page("New job", h("p", { class: "muted" }, "Upload, pick the label, set the terms, get a quote, then pay into escrow."), form);
 
-  const showError = (msg) => formErr.replaceChildren(alertBox(msg, "form-error"));
+  const showError = (msg) => fill(formErr, alertBox(msg, "form-error"));
   const invalidate = () => { confirmBtn.disabled = true; quoteBox.replaceChildren(); };
-  for (const el of [rounds, epochs, trainers, priceCap, strategy, label, example, model]) el.addEventListener("change", invalidate);
+  for (const el of [rounds, epochs, trainers, priceCap, strategy, label, example, model, standby, batch, lr, bidWindow, deadline]) {
+    el.addEventListener("change", invalidate);
+  }
   model.addEventListener("change", () => { if (model.files.length) example.value = ""; });
 
   dataset.addEventListener("change", async () => {
     invalidate();
     formErr.replaceChildren();
-    label.replaceChildren(h("option", { value: "" }, "reading columns…"));
+    fill(label, h("option", { value: "" }, "reading columns…"));
     label.disabled = true;
     const file = dataset.files[0];
     if (!file) return;
@@ -124,15 +137,15 @@ async function newJobPage() {
     fd.append("dataset", file);
     try {
       const res = await api("/api/v1/columns", { method: "POST", form: fd });
-      label.replaceChildren(...res.columns.map((c) => h("option", { value: c.name }, `${c.name} (${c.kind})`)));
+      fill(label, ...res.columns.map((c) => h("option", { value: c.name }, `${c.name} (${c.kind})`)));
       const guess = res.columns.find((c) => ["label", "y", "target", "class"].includes(c.name)) || res.columns[res.columns.length - 1];
       if (guess) label.value = guess.name;
       label.disabled = false;
-      columnsMsg.replaceChildren(h("p", { class: "ok small", "data-testid": "columns-ok" },
+      fill(columnsMsg, h("p", { class: "ok small", "data-testid": "columns-ok" },
         `${res.columns.length} columns detected: ${res.columns.map((c) => c.name).slice(0, 12).join(", ")}${res.columns.length > 12 ? ", …" : ""}`));
     } catch (exc) {
-      label.replaceChildren(h("option", { value: "" }, "no columns"));
-      columnsMsg.replaceChildren(alertBox(exc.message, "dataset-error"));
+      fill(label, h("option", { value: "" }, "no columns"));
+      fill(columnsMsg, alertBox(exc.message, "dataset-error"));
       dataset.setAttribute("aria-invalid", "true");
       return;
     }
@@ -145,13 +158,23 @@ async function newJobPage() {
     // Sent as a string: pydantic reads it as an exact integer (JS numbers lose digits past 2^53).
     if (!/^[0-9]+$/.test(priceCap.value.trim())) throw new Error("price cap: give a whole number of wei, e.g. 10000000000000000");
     t.price_cap_wei = priceCap.value.trim();
-    for (const [name, el] of [["rounds", rounds], ["local epochs", epochs], ["trainers", trainers]]) {
-      if (!Number.isInteger(Number(el.value)) || !el.checkValidity()) {
+    for (const [name, el] of [["rounds", rounds], ["local epochs", epochs], ["trainers", trainers],
+      ["standby trainers", standby], ["batch size", batch]]) {
+      if (el.value.trim() === "" || !Number.isInteger(Number(el.value)) || !el.checkValidity()) {
         el.setAttribute("aria-invalid", "true");
         throw new Error(`${name}: give a whole number between ${el.min} and ${el.max}`);
       }
       el.removeAttribute("aria-invalid");
     }
+    for (const [name, el] of [["learning rate", lr], ["bid window", bidWindow], ["round deadline", deadline]]) {
+      if (el.value.trim() === "" || !Number.isFinite(Number(el.value)) || !el.checkValidity()) {
+        el.setAttribute("aria-invalid", "true");
+        throw new Error(`${name}: give a number between ${el.min} and ${el.max}`);
+      }
+      el.removeAttribute("aria-invalid");
+    }
+    Object.assign(t, { standby: Number(standby.value), batch_size: Number(batch.value), lr: Number(lr.value),
+      bid_window_s: Number(bidWindow.value), round_deadline_s: Number(deadline.value) });
     return t;
   };
 
@@ -165,7 +188,7 @@ async function newJobPage() {
       const q = await api("/api/v1/quote", { method: "POST", json: t });
       const rows = q.trainers.map((tr) => h("tr", {}, h("td", {}, h("code", { title: tr.peer_id }, short(tr.peer_id, 14))),
         h("td", {}, tr.standby ? "standby" : "selected"), h("td", {}, wei(tr.price_wei)), h("td", {}, wei(tr.price_wei * t.rounds))));
-      quoteBox.replaceChildren(h("h2", {}, "Quote"),
+      fill(quoteBox, h("h2", {}, "Quote"),
         table("Trainers expected to be selected (the real selection uses signed bids, never dearer)",
           ["trainer", "role", "price per unit", `escrow for ${t.rounds} rounds`], rows, { "data-testid": "quote-table" }),
         h("p", { class: "total" }, "Total escrow: ", h("strong", { "data-testid": "quote-total" }, wei(q.total_wei))),
@@ -201,7 +224,7 @@ async function newJobPage() {
   try {
     const ex = await api("/api/v1/examples");
     for (const e of ex.examples) example.append(h("option", { value: e.name }, e.name));
-  } catch (exc) { formErr.replaceChildren(alertBox(exc.message, "form-error")); }
+  } catch (exc) { fill(formErr, alertBox(exc.message, "form-error")); }
 }
 
 // --- Job ----------------------------------------------------------------------------------
@@ -211,7 +234,9 @@ const STEP_OF = { submitted: 0, prepared: 1, bidding: 1, selected: 2, escrowed: 
 
 function stepper(job) {
   const reached = STEP_OF[job.state];
-  const failedAt = reached === undefined ? Math.min(3, (job.rounds_detail || []).length ? 3 : 1) : null;
+  // failed/cancelled: mark the furthest step the job is known to have reached.
+  const failedAt = reached !== undefined ? null
+    : (job.rounds_detail || []).length || job.deposited_wei ? 3 : job.audit_topic ? 1 : 0;
   const items = STEPS.map((name, i) => {
     let label = name;
     if (name === "rounds") label = job.state === "running" || job.current_round ? `round ${Math.max(job.current_round, 1)} of ${job.rounds}` : `rounds (${job.rounds})`;
@@ -244,7 +269,7 @@ function jobPage(jobId) {
   const render = (job) => {
     last = job;
     const cancellable = !["done", "failed", "cancelled"].includes(job.state);
-    head.replaceChildren(h("dl", { class: "facts" },
+    fill(head, h("dl", { class: "facts" },
       fact("State", h("span", { class: `state ${job.state}`, "data-testid": "job-state" }, job.state)),
       fact("Dataset", job.dataset || "—"), fact("Rounds", `${job.current_round} / ${job.rounds}`),
       fact("Escrow deposited", wei(job.deposited_wei)), fact("Paid to trainers", wei(job.paid_wei)),
@@ -252,23 +277,23 @@ function jobPage(jobId) {
       fact("Audit topic", job.audit_topic || "—")),
     job.error ? alertBox(job.error, "job-error") : null,
     cancellable ? h("button", { type: "button", id: "cancel-btn", onclick: () => cancel(jobId, err) }, "Cancel job") : null);
-    steps.replaceChildren(stepper(job));
-    chart.replaceChildren(roundsChart(job.rounds_detail || [], job.rounds));
+    fill(steps, stepper(job));
+    fill(chart, roundsChart(job.rounds_detail || [], job.rounds));
     const rows = (job.trainers_detail || []).map((t) => h("tr", {},
       h("td", {}, h("code", { title: t.peer_id }, short(t.peer_id, 14))), h("td", {}, t.standby ? "standby" : "selected"),
       h("td", {}, String(t.units_assigned)), h("td", {}, String(t.units_committed)), h("td", {}, String(t.units_accepted)),
       h("td", {}, String(t.units_rejected)), h("td", {}, wei(t.price_wei)), h("td", {}, wei(t.paid_wei))));
-    trainersBox.replaceChildren(table("Work units per trainer and what they were paid",
+    fill(trainersBox, table("Work units per trainer and what they were paid",
       ["trainer", "role", "assigned", "committed", "accepted", "rejected", "price/unit", "paid"], rows, { "data-testid": "job-trainers" }));
     if (job.state === "done" && job.result) {
-      resultBox.replaceChildren(h("p", {},
+      fill(resultBox, h("p", {},
         h("a", { class: "button primary", href: `/api/v1/jobs/${encodeURIComponent(jobId)}/result`, download: `${jobId}.safetensors`,
           id: "download-btn", "data-testid": "download" }, "Download result (.safetensors)")),
       h("p", { class: "small muted" }, "Decrypted by this node with your key. Ciphertext sha256 (as audited): ",
         h("code", { "data-testid": "result-sha256", class: "wrap" }, job.result.sha256)));
-    } else resultBox.replaceChildren(h("p", { class: "muted" }, job.state === "failed" || job.state === "cancelled" ? "No result." : "Available when the job is done."));
+    } else fill(resultBox, h("p", { class: "muted" }, job.state === "failed" || job.state === "cancelled" ? "No result." : "Available when the job is done."));
     const evs = (job.events || []).slice(-30).reverse().map((e) => h("li", {}, h("time", {}, when(e.ts)), " ", e.msg || JSON.stringify(e)));
-    eventsBox.replaceChildren(h("details", {}, h("summary", {}, `Node timeline (${(job.events || []).length} events)`), h("ul", { class: "events" }, evs)));
+    fill(eventsBox, h("details", {}, h("summary", {}, `Node timeline (${(job.events || []).length} events)`), h("ul", { class: "events" }, evs)));
     if (job.audit_topic && !auditTimer) {
       auditTimer = setInterval(() => loadAudit(job.audit_topic, auditBox), 3000);
       onLeave(() => clearInterval(auditTimer));
@@ -277,7 +302,7 @@ function jobPage(jobId) {
   };
 
   const load = async () => {
-    try { render(await api(`/api/v1/jobs/${encodeURIComponent(jobId)}`)); err.replaceChildren(); } catch (exc) { err.replaceChildren(alertBox(exc.message, "job-load-error")); }
+    try { render(await api(`/api/v1/jobs/${encodeURIComponent(jobId)}`)); err.replaceChildren(); } catch (exc) { fill(err, alertBox(exc.message, "job-load-error")); }
   };
   load();
   // Live updates over server-sent events; EventSource reconnects by itself after a drop.
@@ -295,7 +320,7 @@ function fact(k, v) { return h("div", {}, h("dt", {}, k), h("dd", {}, v)); }
 
 async function cancel(jobId, err) {
   if (!confirm(`Cancel job ${jobId}? Unspent escrow is refunded.`)) return;
-  try { await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }); } catch (exc) { err.replaceChildren(alertBox(exc.message, "cancel-error")); }
+  try { await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }); } catch (exc) { fill(err, alertBox(exc.message, "cancel-error")); }
 }
 
 async function loadAudit(topic, box) {
@@ -309,9 +334,9 @@ async function loadAudit(topic, box) {
       const rest = Object.entries(b).filter(([k]) => k !== "state" && k !== "job_id" && k !== "job").map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
       return h("tr", {}, h("td", {}, String(m.sequence)), h("td", {}, b.state || "—"), h("td", { class: "wrap" }, rest));
     });
-    box.replaceChildren(status, table(`Messages on topic ${topic}, newest first`, ["seq", "state", "details"], rows, { "data-testid": "audit-table", class: "compact" }));
+    fill(box, status, table(`Messages on topic ${topic}, newest first`, ["seq", "state", "details"], rows, { "data-testid": "audit-table", class: "compact" }));
   } catch (exc) {
-    box.replaceChildren(h("p", { class: "error", "data-testid": "audit-status", "data-verified": "false" }, `audit log unavailable: ${exc.message}`));
+    fill(box, h("p", { class: "error", "data-testid": "audit-status", "data-verified": "false" }, `audit log unavailable: ${exc.message}`));
   }
 }
 
@@ -329,10 +354,10 @@ function historyPage() {
         h("td", {}, h("span", { class: `state ${j.state}` }, j.state)), h("td", {}, j.dataset || "—"),
         h("td", {}, `${j.current_round} / ${j.rounds}`), h("td", {}, wei(j.deposited_wei)),
         h("td", {}, num(j.final_accuracy)), h("td", {}, when(j.created))));
-      box.replaceChildren(table("All jobs of this client, newest first",
+      fill(box, table("All jobs of this client, newest first",
         ["job", "state", "dataset", "rounds", "cost (escrow)", "final accuracy", "created"], rows, { "data-testid": "history-table" }));
       err.replaceChildren();
-    } catch (exc) { err.replaceChildren(alertBox(exc.message, "history-error")); }
+    } catch (exc) { fill(err, alertBox(exc.message, "history-error")); }
   });
 }
 
@@ -354,7 +379,7 @@ async function settingsPage() {
     const status = await api("/status");
     let node = null;
     if (uiInfo.role === "client") node = await api("/api/v1/node");
-    info.replaceChildren(h("h2", {}, "This node"), h("dl", { class: "facts", "data-testid": "node-facts" },
+    fill(info, h("h2", {}, "This node"), h("dl", { class: "facts", "data-testid": "node-facts" },
       fact("Role", status.role), fact("Peer ID", h("code", { class: "wrap" }, status.peer_id)),
       fact("Wallet address", h("code", { class: "wrap", "data-testid": "wallet" }, status.address)),
       node ? fact("Wallet balance", h("span", { "data-testid": "balance" }, wei(node.balance_wei))) : null,
@@ -364,7 +389,7 @@ async function settingsPage() {
       node ? fact("API token required", node.api_token_required ? "yes" : "no (loopback only)") : null,
       fact("Version", status.version), fact("Uptime", `${status.uptime_s} s`),
       fact("Listening on", h("code", { class: "wrap" }, (status.addrs || []).join(" ")))));
-  } catch (exc) { info.replaceChildren(alertBox(exc.message, "settings-error")); }
+  } catch (exc) { fill(info, alertBox(exc.message, "settings-error")); }
 }
 
 // --- Router -------------------------------------------------------------------------------

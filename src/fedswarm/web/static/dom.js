@@ -49,3 +49,9 @@ export function table(caption, headers, rows, attrs = {}) {
       h("thead", {}, h("tr", {}, headers.map((x) => h("th", { scope: "col" }, x)))),
       h("tbody", {}, rows.length ? rows : h("tr", {}, h("td", { colspan: headers.length, class: "muted" }, "none yet")))));
 }
+
+// replaceChildren that skips null/false (conditional parts of a view).
+export function fill(el, ...children) {
+  el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
+  return el;
+}
