@@ -8,7 +8,7 @@ export function roundsChart(rounds, totalRounds) {
   const pts = rounds.filter((r) => r.val_loss !== null || r.val_accuracy !== null);
   const n = Math.max(totalRounds || 0, ...rounds.map((r) => r.round), 1);
   const losses = pts.map((r) => r.val_loss).filter((v) => v !== null && Number.isFinite(v));
-  const maxLoss = Math.max(...losses, 0.0001) * 1.1;
+  const maxLoss = losses.length ? Math.max(...losses, 0.0001) * 1.1 : 1;  // no data yet: a 0–1 scale
   const x = (round) => L + (n === 1 ? (W - L - R) / 2 : ((round - 1) / (n - 1)) * (W - L - R));
   const yLoss = (v) => T + (1 - v / maxLoss) * (H - T - B);
   const yAcc = (v) => T + (1 - v) * (H - T - B);
