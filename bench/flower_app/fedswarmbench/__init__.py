@@ -1,0 +1,1 @@
+"""Flower app mirroring the fedswarm benchmark workload."""

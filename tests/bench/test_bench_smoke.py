@@ -1,0 +1,64 @@
+"""Smoke runs of `fedswarm bench p2p` and `fedswarm bench job` (real processes, quick sizes)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+
+def _bench(layer: str, tmp_path: Path, timeout: float) -> dict:
+    proc = subprocess.run([sys.executable, "-m", "fedswarm.cli", "--log-level", "WARNING", "bench", layer,
+                           "--quick", "--json", "--workdir", str(tmp_path)],
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def _latency_ok(s: dict) -> None:
+    assert s["n"] > 0
+    assert 0 < s["min_ms"] <= s["median_ms"] <= s["p90_ms"] <= s["max_ms"] < 30_000
+
+
+def test_bench_p2p_quick(tmp_path: Path) -> None:
+    out = _bench("p2p", tmp_path, 300)
+    assert out["quick"] is True
+    assert set(out["idle_rss_mb"]) == {"bootstrap", "client", "trainer"}
+    assert all(20 < mb < 2000 for mb in out["idle_rss_mb"].values())
+    for key in ("rpc_new_stream", "rpc_reused_stream", "pubsub_one_hop", "pubsub_two_hop"):
+        _latency_ok(out[key])
+    # A reused stream skips stream negotiation: it must not be slower than a new stream per call.
+    assert out["rpc_reused_stream"]["median_ms"] <= out["rpc_new_stream"]["median_ms"]
+    assert out["chain_direct_a_c"] is False  # the two-hop figure really went through B
+    j = out["join_bootmesh_s"]
+    assert 0 < j["from_ready"] <= j["from_spawn"] < 120
+    assert list(tmp_path.iterdir()) == []  # scratch removed
+
+
+@pytest.mark.timeout(900)
+def test_bench_job_quick(tmp_path: Path) -> None:
+    out = _bench("job", tmp_path, 600)
+    assert out["trainers"] == 4 and out["nproc"] >= 1 and len(out["loadavg"]) == 3
+    cells = {(c["model"], c["mode"]): c for c in out["cells"]}
+    assert set(cells) == {("mlp85k", "noop"), ("mlp85k", "train")}
+    for c in cells.values():
+        assert c["num_params"] == 85_002 and c["rounds"] == out["rounds"]
+        rw, ov = c["round_wall_s"], c["overhead_s"]
+        assert 0 < rw["min"] <= rw["median"] <= rw["max"] < 600
+        assert ov["median"] <= rw["median"]
+        assert {"client", "trainers", "bootstrap", "devnet"} <= set(c["cpu_s_per_round"])
+        assert all(v >= 0 for v in c["cpu_s_per_round"].values())
+        assert c["cpu_s_per_round"]["trainers"] > 0
+        assert 20 < c["trainer_rss_mb"]["idle"]["median"] <= c["trainer_rss_mb"]["peak"]["max"] < 8000
+        assert c["store_bytes_per_round"] > 0
+        assert c["time_to_first_round_s"] is None or c["time_to_first_round_s"] > 0
+        assert len(c["per_round"]) == c["rounds"]
+    # Training takes longer on the trainers than skipping it.
+    assert cells[("mlp85k", "train")]["slowest_trainer_s"]["median"] > cells[("mlp85k", "noop")]["slowest_trainer_s"]["median"]
+    assert isinstance(out["goals"]["noop_overhead<1s"], bool)
+    assert list(tmp_path.iterdir()) == []
