@@ -29,7 +29,7 @@ import numpy as np
 import trio
 
 from fedswarm import crypto
-from fedswarm.config import Settings
+from fedswarm.config import ConfigError, Settings
 from fedswarm.identity import Identity
 from fedswarm.learning.chunks import Preprocessing
 from fedswarm.p2p.node import Node, Rejected, RpcError
@@ -946,13 +946,34 @@ async def build_client(node: Node, settings: Settings, home: Path, opts: dict[st
     from fedswarm.storage.factory import make_object_store
 
     identity = node.identity
-    if settings.is_devnet:
-        from fedswarm.devnet import ensure_funded
+    try:
+        if settings.is_devnet:
+            from fedswarm.devnet import ensure_funded
 
-        await in_thread(ensure_funded, settings, identity.address, 50 * 10**18)
-    store = await in_thread(make_object_store, settings)
-    ledger = await in_thread(make_ledger, settings, identity)
-    audit = await in_thread(make_audit_log, settings, identity)
+            await in_thread(ensure_funded, settings, identity.address, 50 * 10**18)
+        store = await in_thread(make_object_store, settings)
+        ledger = await in_thread(make_ledger, settings, identity)
+        audit = await in_thread(make_audit_log, settings, identity)
+    except ConfigError as exc:
+        # Still a useful node (mesh, directory, API); jobs need storage and a ledger.
+        log.warning("client runs without jobs: %s", exc)
+        return _jobs_unavailable(str(exc))
     role = ClientRole(node, settings, home, identity, store, ledger, audit)
     assert node.role == Role.CLIENT
     return job_parts(role)
+
+
+def _jobs_unavailable(reason: str) -> Any:
+    from fastapi import APIRouter
+
+    from fedswarm.api.app import ApiError
+    from fedswarm.roles.runtime import RoleParts
+
+    router = APIRouter(prefix="/api/v1")
+
+    @router.api_route("/jobs", methods=["GET", "POST"])
+    @router.api_route("/jobs/{rest:path}", methods=["GET", "POST"])
+    async def no_jobs(rest: str = "") -> None:
+        raise ApiError(f"this client node cannot run jobs: {reason}", 503)
+
+    return RoleParts(routers=[router], status=lambda: {"jobs_unavailable": reason})

@@ -732,13 +732,20 @@ async def build_trainer(node: Node, settings: Settings, home: Path, opts: dict[s
 
     identity = node.identity
     options = TrainerOptions.from_opts(opts, node, settings)
-    if settings.is_devnet:
-        from fedswarm.devnet import ensure_funded
+    try:
+        if settings.is_devnet:
+            from fedswarm.devnet import ensure_funded
 
-        await trio.to_thread.run_sync(ensure_funded, settings, identity.address)
-    ledger = await trio.to_thread.run_sync(make_ledger, settings, identity)
-    chain_id = await trio.to_thread.run_sync(ledger.get_chain_id)
-    audit = make_audit_log(settings, identity)
+            await trio.to_thread.run_sync(ensure_funded, settings, identity.address)
+        ledger = await trio.to_thread.run_sync(make_ledger, settings, identity)
+        chain_id = await trio.to_thread.run_sync(ledger.get_chain_id)
+        audit = make_audit_log(settings, identity)
+    except ConfigError as exc:
+        # Still on the mesh (presence, capabilities, price), but it cannot bid without a
+        # ledger to be paid on: say so in the log and in /status.
+        reason = str(exc)
+        log.warning("trainer cannot take jobs: %s", reason)
+        return RoleParts(status=lambda: {"trainer": {"jobs_unavailable": reason}})
     workdir = Path(home) / "work"
     device = "auto" if opts.get("allow_gpu", True) else "cpu"
     worker = TrainingWorker(workdir, device=device)
