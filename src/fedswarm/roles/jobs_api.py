@@ -193,7 +193,8 @@ def job_parts(role: ClientRole) -> RoleParts:
         data = await in_thread(fetch_result, role, job)
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"',
-                                 "X-Result-Sha256": job.result_sha256 or ""})
+                                 "X-Result-Sha256": job.result_sha256 or "",
+                                 "X-Result-Plain-Sha256": crypto_sha256(data)})
 
     @router.get("/jobs/{job_id}/result/link")
     async def job_result_link(job_id: str) -> dict[str, Any]:
@@ -215,13 +216,16 @@ def job_parts(role: ClientRole) -> RoleParts:
     async def columns(dataset: UploadFile = File(...)) -> dict[str, Any]:
         from fedswarm.learning.dataset import DatasetError, peek_columns
 
-        path = await save_upload(dataset, uploads / ("peek-" + secrets.token_hex(4)))
+        folder = uploads / ("peek-" + secrets.token_hex(4))
+        path = await save_upload(dataset, folder)
         try:
             cols = await in_thread(peek_columns, path)
         except DatasetError as exc:
             raise ApiError(str(exc)) from None
         finally:
-            path.unlink(missing_ok=True)
+            import shutil
+
+            shutil.rmtree(folder, ignore_errors=True)
         return {"columns": [{"name": c.name, "kind": str(c.kind), "numeric": c.numeric} for c in cols]}
 
     @router.get("/node")
@@ -266,6 +270,12 @@ def job_parts(role: ClientRole) -> RoleParts:
 
     return RoleParts(routers=[router], commands={"train": cmd_train, "advertize": cmd_advertize},
                      status=status, tasks=[resume])
+
+
+def crypto_sha256(data: bytes) -> str:
+    from fedswarm import crypto
+
+    return crypto.sha256_bytes(data)
 
 
 def fetch_result(role: ClientRole, job: JobRecord) -> bytes:

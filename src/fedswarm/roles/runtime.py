@@ -70,6 +70,7 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
     parts = await build_role(role, node, settings, home, role_opts)
     app = create_app(node, token=token, extra_routers=parts.routers,
                      extra_commands=parts.commands, status_extra=parts.status)
+    app.state.settings = settings  # routes that read backends (the UI's audit view) follow --devnet-home
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)
         bound = await nursery.start(serve_api, app, api_host, api_port)
