@@ -30,6 +30,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -224,7 +225,7 @@ def _nparams(model: str) -> int:
 
 def _monitor(proc: subprocess.Popen[bytes], out_file: Path, comps: dict[str, list[int]], trainer_pids: list[int],
              tracker: Tracker, timeout: float, pss_per_trainer_of_total: bool = False,
-             account: CpuAccount | None = None) -> tuple[dict[int, dict[str, float]], dict[str, float], list[float]]:
+             account: CpuAccount | None = None, crash_log: Path | None = None) -> tuple[dict[int, dict[str, float]], dict[str, float], list[float]]:
     """Poll until ``proc`` exits: CPU at each round end, peak PSS per trainer; returns (snaps, cpu, peaks)."""
     snaps: dict[int, dict[str, float]] = {}
     account = account or CpuAccount()
@@ -234,6 +235,9 @@ def _monitor(proc: subprocess.Popen[bytes], out_file: Path, comps: dict[str, lis
     while proc.poll() is None:
         if time.monotonic() > deadline:
             raise BenchError(f"Flower run did not finish within {timeout:.0f} s")
+        # Flower's simulation logs a crash and then hangs on Ray: give up at once.
+        if crash_log is not None and crash_log.exists() and "Simulation Runtime crashed" in crash_log.read_text(errors="replace"):
+            raise BenchError(f"Flower simulation crashed; see {crash_log}")
         tracker.refresh()
         cpu_now = account.sample(comps)
         rounds, _ = _read_rounds(out_file)
@@ -251,7 +255,7 @@ def _monitor(proc: subprocess.Popen[bytes], out_file: Path, comps: dict[str, lis
 
 
 def run_flower_sim(fl: dict[str, Any], app: Path, out: Path, model: str, mode: str, rounds: int,
-                   samples: int, timeout: float = 1800) -> dict[str, Any]:
+                   samples: int, timeout: float = 900) -> dict[str, Any]:
     """One Flower simulation run (Ray, 4 virtual clients) in its own process tree."""
     tracker = Tracker()
     out.mkdir(parents=True, exist_ok=True)
@@ -260,12 +264,16 @@ def run_flower_sim(fl: dict[str, Any], app: Path, out: Path, model: str, mode: s
     env = {"FEDSWARM_BENCH_MODE": mode, "FEDSWARM_BENCH_HIDDEN": str(HIDDEN[model]),
            "FEDSWARM_BENCH_SAMPLES": str(samples), "FEDSWARM_BENCH_NUM_SERVER_ROUNDS": str(rounds),
            "FEDSWARM_BENCH_OUT_FILE": str(out_file), "FLWR_HOME": str(out / "flwr-home"),
-           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0", "RAY_TMPDIR": str(out / "ray")}
+           "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0", "RAY_USAGE_STATS_ENABLED": "0"}
+    # Ray's unix socket paths must stay under 107 bytes: a short temp dir, not the work dir.
+    ray_tmp = tempfile.mkdtemp(prefix="fsray-", dir="/tmp")
+    env["RAY_TMPDIR"] = ray_tmp
     try:
         t0 = time.time()
         proc = tracker.spawn([fl["python"], str(SIM_DRIVER), str(app)], out / "sim.log", env=env)
         comps = {"simulation": [proc.pid]}
-        snaps, cpu1, peaks = _monitor(proc, out_file, comps, [proc.pid], tracker, timeout, pss_per_trainer_of_total=True)
+        snaps, cpu1, peaks = _monitor(proc, out_file, comps, [proc.pid], tracker, timeout,
+                                      pss_per_trainer_of_total=True, crash_log=out / "sim.log")
         if proc.returncode != 0:
             raise BenchError(f"Flower simulation exited {proc.returncode}; see {out / 'sim.log'}")
         res = _flower_result(out_file, t0, snaps, {"simulation": 0.0}, cpu1, [], peaks, model, mode)
@@ -273,6 +281,7 @@ def run_flower_sim(fl: dict[str, Any], app: Path, out: Path, model: str, mode: s
         return res
     finally:
         tracker.stop_all()
+        shutil.rmtree(ray_tmp, ignore_errors=True)
 
 
 def run_flower_deploy(fl: dict[str, Any], app: Path, out: Path, model: str, mode: str, rounds: int,
@@ -409,7 +418,7 @@ def run(work: Path, quick: bool, reps: int | None = None) -> dict[str, Any]:
     reps = reps or (1 if quick else 3)
     rounds = 3 if quick else 5
     samples = 1_000 if quick else 5_000  # per trainer (Flower: per client, 80% trained on)
-    cells = [("mlp85k", "noop"), ("mlp85k", "train")] if quick else \
+    cells = [("mlp85k", "noop")] if quick else \
         [("mlp85k", "train"), ("mlp85k", "noop"), ("mlp4m", "train"), ("mlp4m", "noop")]
     result: dict[str, Any] = {"quick": quick, "reps": reps, "rounds": rounds, "trainers": 4,
                               "samples_per_trainer": samples, "nproc": os.cpu_count(),
@@ -441,22 +450,30 @@ def run(work: Path, quick: bool, reps: int | None = None) -> dict[str, Any]:
                         _signal_tree(pids, signal.SIGCONT)
                         net.wait_mesh(120)
                         time.sleep(3.0)  # heartbeats resume; trainers bid again
+                _save(work, result, runs)
         # One cell with the default re-execution fraction, to show what checking costs.
-        runs_reexec = _attempt(lambda: run_cell(net, data, "mlp85k", "train", rounds, reexec=0.34))
+        if not quick:
+            result["reexec_default_cell"] = _attempt(lambda: run_cell(net, data, "mlp85k", "train", rounds, reexec=0.34))
     finally:
         net.stop()
-    result["reexec_default_cell"] = runs_reexec
-    for key, r in runs.items():
-        result["cells"][key] = {"runs": r, "summary": _cell_summary(r)}
+    _save(work, result, runs)
     result["limits"] = machine_limits(work / "limits", quick)
+    _save(work, result, runs)
     train_utils = [c.get("utilisation") for k, v in runs.items() if "train" in k for c in v["fedswarm"]
                    if "error" not in c and c.get("utilisation") is not None]
     result["utilisation_train_cells"] = summary(train_utils)
     result["scale"] = scale_series(work / "scale", [8] if quick else [8, 16, 32], 200)
     result["loadavg_end"] = list(os.getloadavg())
+    _save(work, result, runs)
+    return result
+
+
+def _save(work: Path, result: dict[str, Any], runs: dict[str, dict[str, list[Any]]]) -> None:
+    """Write what has been measured so far (a long run that is cut short still leaves results)."""
+    for key, r in runs.items():
+        result["cells"][key] = {"runs": r, "summary": _cell_summary(r)}
     (work / "results.json").write_text(json.dumps(result, indent=1))
     (work / "results.md").write_text(markdown(result))
-    return result
 
 
 def _attempt(fn: Any) -> dict[str, Any]:
@@ -493,6 +510,10 @@ def _cell_summary(r: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "bytes_per_round": _med(ok, "store_bytes_per_round") if engine == "fedswarm" else _med(ok, "model_bytes_per_round"),
         }
     fs = out["fedswarm"]["round_wall_s"]["median"]
+    out["ratio_overhead_fedswarm_over_flower_deployment"] = _ratio(out["fedswarm"]["overhead_s"],
+                                                                   out["flower_deployment"]["overhead_s"])
+    out["ratio_overhead_fedswarm_over_flower_simulation"] = _ratio(out["fedswarm"]["overhead_s"],
+                                                                   out["flower_simulation"]["overhead_s"])
     out["ratio_wall_fedswarm_over_flower_deployment"] = _ratio(fs, out["flower_deployment"]["round_wall_s"]["median"])
     out["ratio_wall_fedswarm_over_flower_simulation"] = _ratio(fs, out["flower_simulation"]["round_wall_s"]["median"])
     return out
@@ -553,6 +574,13 @@ def markdown(result: dict[str, Any]) -> str:
 def main(args: argparse.Namespace) -> int:
     """Entry point of ``fedswarm bench all [--json] [--quick] [--workdir DIR]`` (default ./bench-work)."""
     work = Path(args.workdir or "bench-work").resolve()
+
+    def _terminate(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt  # run the finally blocks: they stop every process by pid
+
+    # A SIGTERM (or a SIGINT ignored by a background shell) must still clean up.
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         result = run(work, bool(getattr(args, "quick", False)))
     except BenchError as exc:

@@ -42,7 +42,7 @@ def test_bench_p2p_quick(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(900)
 def test_bench_job_quick(tmp_path: Path) -> None:
-    out = _bench("job", tmp_path, 600)
+    out = _bench("job", tmp_path, 850)
     assert out["trainers"] == 4 and out["nproc"] >= 1 and len(out["loadavg"]) == 3
     cells = {(c["model"], c["mode"]): c for c in out["cells"]}
     assert set(cells) == {("mlp85k", "noop"), ("mlp85k", "train")}

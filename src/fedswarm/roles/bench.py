@@ -31,7 +31,9 @@ import httpx
 
 from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
 
-HEARTBEAT = ["--heartbeat", "0.5", "--peer-timeout", "3"]
+# A generous peer timeout: on a loaded machine a 3 s timeout marks busy trainers offline and the
+# client reassigns their slots, which measures the load, not the framework.
+HEARTBEAT = ["--heartbeat", "1", "--peer-timeout", "10"]
 PRICE = 10**15
 MODELS = {"mlp85k": "mlp_bench.seq.json", "mlp4m": "mlp_bench_wide.seq.json"}
 NOOP_GOAL_S = 1.0  # noop round overhead with 4 trainers (issue 8)
@@ -183,6 +185,7 @@ class JobNetwork:
             started = start_nodes(specs, timeout=60 + 10 * self.trainers)
             self.client, self.trainer_nodes = started[0], started[1:]
             self.wait_mesh(60 + 5 * self.trainers)
+            time.sleep(3.0)  # heard is not dialled: let the trainers' direct connections settle
         except BaseException:
             self.stop()
             raise
