@@ -530,9 +530,12 @@ class Node:
                 pid = multiaddr.Multiaddr(addr).value_for_protocol("p2p")
                 targets.setdefault(pid, []).append(addr)
             for rec in self.directory.records(online_only=True):
-                # Only one side of a pair dials (the smaller peer id): two simultaneous dials
-                # leave py-libp2p with duplicate connections, one of which can be half-dead,
-                # and streams opened on it hang until their timeout.
+                # Only one side of a pair dials: two simultaneous dials leave py-libp2p with
+                # duplicate connections, one of which can be half-dead, and streams opened on
+                # it hang until their timeout. Everyone dials the bootstrap (never the other
+                # way round); between other peers the smaller peer id dials.
+                if self.role == Role.BOOTSTRAP or rec.role == Role.BOOTSTRAP:
+                    continue
                 if self.peer_id < rec.peer_id:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)
             connected = set(self.connected_peers())

@@ -207,23 +207,33 @@ class ClientRole:
         job.state = "bidding"
         self.db.put_job(job)
         self._bids[job.job_id] = {}
-        deadline = time.time() + terms.bid_window_s
-        announce = JobAnnounce(
-            job_id=job.job_id, client_peer_id=self.node.peer_id, trainers=terms.trainers,
-            standby=terms.standby, rounds=terms.rounds, price_cap_wei=terms.price_cap_wei,
-            min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
-            train_rows=job.train_rows, bid_deadline=deadline, chain_id=self.ledger.get_chain_id(),
-            contract=self.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
-        )
-        self._announces[job.job_id] = announce
+        self._check_asking_prices(job)
         await self.node.subscribe(job_topic(job.job_id), self._on_job_topic)
-        # Re-announce while the window is open: a trainer that connects late still hears it.
-        while time.time() < deadline:
-            await self.node.publish(MARKET_TOPIC, announce)
-            enough = len(self._bids[job.job_id]) >= terms.trainers + terms.standby
-            await trio.sleep(min(1.0, max(0.05, deadline - time.time())) if not enough else 0.3)
-            if enough and time.time() > deadline - terms.bid_window_s + 1.0:
+        wanted = terms.trainers + terms.standby
+        # Up to three windows: trainers that were busy, slow or just joining get another chance
+        # before the job fails for want of trainers (nothing has been spent yet).
+        for window in range(3):
+            deadline = time.time() + terms.bid_window_s
+            announce = JobAnnounce(
+                job_id=job.job_id, client_peer_id=self.node.peer_id, trainers=terms.trainers,
+                standby=terms.standby, rounds=terms.rounds, price_cap_wei=terms.price_cap_wei,
+                min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
+                train_rows=job.train_rows, bid_deadline=deadline, chain_id=self.ledger.get_chain_id(),
+                contract=self.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
+            )
+            self._announces[job.job_id] = announce
+            started = time.time()
+            # Re-announce while the window is open: a trainer that connects late still hears it.
+            while time.time() < deadline:
+                await self.node.publish(MARKET_TOPIC, announce)
+                if len(self._bids[job.job_id]) >= wanted and time.time() - started > 1.0:
+                    break
+                await trio.sleep(min(1.0, max(0.05, deadline - time.time())))
+            got = len(self._bids[job.job_id])
+            if got >= wanted or (got >= terms.trainers and window >= 1):
                 break
+            self._event(job, f"bidding: {got} of {wanted} bids after window {window + 1}; announcing again")
+            self.db.put_job(job)
         bids = list(self._bids[job.job_id].values())
         reputation = await in_thread(self._reputation)
         req = JobRequirements(trainers=terms.trainers, standby=terms.standby,
@@ -237,6 +247,17 @@ class ClientRole:
         job.state = "selected"
         self._event(job, f"selected {len(job.chosen)} trainers (+{len(job.standby)} standby) from {len(bids)} bids")
         self.db.put_job(job)
+
+    def _check_asking_prices(self, job: JobRecord) -> None:
+        """Fail fast, before any announcement, when the cap is below what trainers ask: they
+        would not bid, and the user should hear the price rather than "no bids"."""
+        asks = sorted(r.price_wei for r in self.node.directory.records(role=Role.TRAINER)
+                      if r.price_wei is not None)
+        cap = job.terms.price_cap_wei
+        if len(asks) >= job.terms.trainers and sum(a <= cap for a in asks) < job.terms.trainers:
+            raise JobFailed(f"price cap {cap} wei is below what the online trainers ask "
+                            f"(cheapest {asks[0]} wei; {sum(a <= cap for a in asks)} of {len(asks)} within the cap); "
+                            f"raise the cap to at least {asks[job.terms.trainers - 1]} wei")
 
     async def escrow(self, job: JobRecord) -> None:
         """Fund the job on the contract and register the selected trainers (idempotent)."""

@@ -255,7 +255,8 @@ class Trainer:
         if isinstance(msg, JobAnnounce):
             reason = self._why_not_bid(sender, msg)
             if reason:
-                log.debug("not bidding on job %s: %s", msg.job_id, reason)
+                if reason != "already bid":
+                    log.info("not bidding on job %s: %s", msg.job_id, reason)
                 self.stats.bump("announces_ignored")
                 return
             self._bidding.add(msg.job_id)
