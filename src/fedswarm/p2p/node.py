@@ -135,6 +135,7 @@ class Node:
         self._topic_handlers: dict[str, list[TopicHandler]] = {}
         self._topic_validators: dict[str, TopicValidator] = {}
         self._seen = _SeenSet()
+        self._queue_ok_at: dict[Any, float] = {}
         self._send_pub, self._recv_pub = trio.open_memory_channel[tuple[str, bytes]](256)
         self._nursery: trio.Nursery | None = None
         self._hb_seq = int(time.time() * 1000)
@@ -433,12 +434,14 @@ class Node:
 
     async def _publish_pacer(self) -> None:
         # gossipsub's per-peer outbound queue holds 32 RPCs and rejects on full: wait for room
-        # in the queues of live peers before each publish (a stopped peer must not stall us).
+        # in the queues of live peers before each publish. A peer whose queue does not drain
+        # (stopped, or a half-dead connection) must not stall everyone else: after
+        # STUCK_AFTER seconds without draining it stops counting.
         while True:
             topic, data = await self._recv_pub.receive()
             with trio.move_on_after(2.0):
                 while self._queues_busy():
-                    await trio.sleep(0.002)
+                    await trio.sleep(0.005)
             try:
                 await self.pubsub.publish(topic, data)
                 self.stats["pubsub_published"] += 1
@@ -446,14 +449,23 @@ class Node:
                 self.stats["pubsub_publish_error"] += 1
                 log.exception("publish to %s failed", topic)
 
+    STUCK_AFTER = 1.0
+
     def _queues_busy(self, limit: int = 16) -> bool:
+        now = trio.current_time()
+        busy = False
         for pid, queue in list(self.pubsub.peer_queues.items()):
+            if len(queue) < limit:
+                self._queue_ok_at[pid] = now
+                continue
             rec = self.directory.get(pid.to_base58())
             if rec is not None and not self.directory.is_online(rec):
                 continue
-            if len(queue) >= limit:
-                return True
-        return False
+            if now - self._queue_ok_at.setdefault(pid, now) > self.STUCK_AFTER:
+                self.stats["pubsub_peer_stuck"] += 1
+                continue
+            busy = True
+        return busy
 
     # -- presence, liveness, reconnect ------------------------------------------------------
 
