@@ -137,6 +137,10 @@ class Node:
         self._seen = _SeenSet()
         self._queue_ok_at: dict[Any, float] = {}
         self._send_pub, self._recv_pub = trio.open_memory_channel[tuple[str, bytes]](256)
+        # Presence (heartbeats, mesh summaries) is "latest wins": a queued old heartbeat is
+        # worthless once a newer one exists, and it must never delay job traffic.
+        self._presence: dict[tuple[str, str], bytes] = {}
+        self._presence_ready = trio.Event()
         self._nursery: trio.Nursery | None = None
         self._hb_seq = int(time.time() * 1000)
         self.host: Any = None
@@ -425,12 +429,49 @@ class Node:
                 self.stats["pubsub_handler_error"] += 1
                 log.exception("handler for %s failed", topic)
 
-    async def publish(self, topic: str, msg: WireModel | bytes) -> None:
-        """Queue ``msg`` for ``topic``; waits when the queue is full (nothing dropped silently)."""
+    async def publish(self, topic: str, msg: WireModel | bytes, *, presence: bool = False) -> None:
+        """Queue ``msg`` for ``topic``; waits when the queue is full (nothing dropped silently).
+
+        ``presence=True`` marks a periodic state message (heartbeat, summary): only the newest
+        one per topic and type is kept, and it goes out only when no other message waits."""
         data = msg if isinstance(msg, bytes) else encode(msg)
         if len(data) > MAX_PUBSUB_MESSAGE:
             raise ValueError(f"pubsub message of {len(data)} bytes is over {MAX_PUBSUB_MESSAGE}; send it over RPC or storage")
+        if presence:
+            kind = msg.TYPE if isinstance(msg, WireModel) else "raw"
+            self._presence[(topic, kind)] = data
+            self._presence_ready.set()
+            return
         await self._send_pub.send((topic, data))
+
+    async def _next_publish(self) -> tuple[str, bytes]:
+        """The next message to publish: queued messages first, then the newest presence."""
+        while True:
+            try:
+                return self._recv_pub.receive_nowait()
+            except trio.WouldBlock:
+                pass
+            if self._presence:
+                key = next(iter(self._presence))
+                return key[0], self._presence.pop(key)
+            self._presence_ready = trio.Event()
+            with trio.move_on_after(0.5):
+                async with trio.open_nursery() as n:
+                    async def queued() -> None:
+                        item = await self._recv_pub.receive()
+                        self._pending_item = item
+                        n.cancel_scope.cancel()
+
+                    async def presence() -> None:
+                        await self._presence_ready.wait()
+                        n.cancel_scope.cancel()
+
+                    self._pending_item: tuple[str, bytes] | None = None
+                    n.start_soon(queued)
+                    n.start_soon(presence)
+            item, self._pending_item = self._pending_item, None
+            if item is not None:
+                return item
 
     async def _publish_pacer(self) -> None:
         # gossipsub's per-peer outbound queue holds 32 RPCs and rejects on full: wait for room
@@ -438,7 +479,7 @@ class Node:
         # (stopped, or a half-dead connection) must not stall everyone else: after
         # STUCK_AFTER seconds without draining it stops counting.
         while True:
-            topic, data = await self._recv_pub.receive()
+            topic, data = await self._next_publish()
             with trio.move_on_after(2.0):
                 while self._queues_busy():
                     await trio.sleep(0.005)
@@ -484,9 +525,11 @@ class Node:
 
     async def _heartbeat_loop(self) -> None:
         while True:
-            await self.publish(MARKET_TOPIC, self.heartbeat())
-            if self.role == Role.BOOTSTRAP:
-                await self.publish(MARKET_TOPIC, self.mesh_summary())
+            await self.publish(MARKET_TOPIC, self.heartbeat(), presence=True)
+            # The summary grows with the network and every node already hears heartbeats
+            # first-hand: it is for newcomers, so every few seconds is enough.
+            if self.role == Role.BOOTSTRAP and self._hb_seq % 3 == 0:
+                await self.publish(MARKET_TOPIC, self.mesh_summary(), presence=True)
             self.directory.expire()
             await trio.sleep(self.heartbeat_interval)
 
@@ -550,6 +593,7 @@ class Node:
                     continue
                 if self.peer_id < rec.peer_id:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)
+            await self._prune_duplicate_connections()
             connected = set(self.connected_peers())
             missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
             if missing:
@@ -557,6 +601,30 @@ class Node:
                     for pid, addrs in list(missing.items())[:32]:
                         n.start_soon(self._dial, pid, addrs)
             await trio.sleep(1.0)
+
+    async def _prune_duplicate_connections(self) -> None:
+        """Keep one connection per peer, the same one on both sides: the one the smaller peer
+        id initiated. py-libp2p keeps both after a simultaneous dial and may open streams on
+        one the other side has given up on (they then hang until their timeout)."""
+        try:
+            conns_by_peer = self.host.get_network().get_connections_map()
+        except Exception:
+            return
+        for pid, conns in list(conns_by_peer.items()):
+            if len(conns) < 2:
+                continue
+            i_am_smaller = self.peer_id < pid.to_base58()
+            keep = [c for c in conns if bool(getattr(c.muxed_conn, "is_initiator_value", False)) == i_am_smaller]
+            if not keep:
+                continue
+            for conn in conns:
+                if conn not in keep[:1]:
+                    self.stats["duplicate_connections_closed"] += 1
+                    with trio.move_on_after(2):
+                        try:
+                            await conn.close()
+                        except Exception as exc:
+                            log.debug("closing a duplicate connection to %s failed: %r", pid, exc)
 
     async def _dial(self, peer_id: str, addrs: list[str]) -> None:
         from libp2p.peer.id import ID

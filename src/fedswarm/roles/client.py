@@ -210,6 +210,7 @@ class ClientRole:
         self._check_asking_prices(job)
         await self.node.subscribe(job_topic(job.job_id), self._on_job_topic)
         wanted = terms.trainers + terms.standby
+        chain_id = await in_thread(self.ledger.get_chain_id)
         # Up to three windows: trainers that were busy, slow or just joining get another chance
         # before the job fails for want of trainers (nothing has been spent yet).
         for window in range(3):
@@ -218,7 +219,7 @@ class ClientRole:
                 job_id=job.job_id, client_peer_id=self.node.peer_id, trainers=terms.trainers,
                 standby=terms.standby, rounds=terms.rounds, price_cap_wei=terms.price_cap_wei,
                 min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
-                train_rows=job.train_rows, bid_deadline=deadline, chain_id=self.ledger.get_chain_id(),
+                train_rows=job.train_rows, bid_deadline=deadline, chain_id=chain_id,
                 contract=self.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
             )
             self._announces[job.job_id] = announce

@@ -72,7 +72,9 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
         with console.status("starting the devnet (object store, anvil + escrow contract, topic log)"):
             devnet = Devnet.start(root / "devnet")
         dn = ["--devnet-home", str(root / "devnet")]
-        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
+        # 1 s heartbeats, 8 s of silence before a peer counts as gone: generous enough that a
+        # busy 2-core machine does not make live trainers look dead.
+        hb = ["--heartbeat", "1", "--peer-timeout", "8"]
         with console.status(f"starting bootstrap, client and {trainers + 1} trainers"):
             boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
             specs: list[tuple[str, Path, dict[str, Any]]] = [
