@@ -579,9 +579,27 @@ def _is_oom(exc: BaseException) -> bool:
     return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
 
 
+def _exit_with_parent() -> None:
+    """Die when the node that owns us dies (SIGKILL included), even in the middle of training:
+    an orphaned worker would hold hundreds of MB for nothing. (PR_SET_PDEATHSIG is tied to the
+    spawning *thread*, which a thread pool may retire, so poll for re-parenting instead.)"""
+    import threading
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
+
 def child_main(argv: list[str]) -> int:
     """Entry point of the worker process (``python -m fedswarm.learning.worker LIMITS``)."""
     _apply_limits(json.loads(argv[0]))
+    _exit_with_parent()
     # frames go to a private copy of stdout; fd 1 now points at stderr for stray prints
     out_fd = os.dup(1)
     os.dup2(2, 1)

@@ -107,7 +107,10 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
                  "local_epochs": 2, "batch_size": 32, "lr": 0.005}
         job_id = _submit(client, data_path, model or example, terms)
         console.print(f"submitted [bold]{job_id}[/] ({data_path.name}, {rounds} rounds, {trainers} trainers)")
-        client = _follow_with_faults(client, job_id, faults, trainer_nodes, report, console, root, boot, dn + hb)
+        restarted = _follow_with_faults(client, job_id, faults, trainer_nodes, report, console, root, boot, dn + hb)
+        if restarted is not client:  # the client was restarted: stop the new process at the end
+            nodes[nodes.index(client)] = restarted
+            client = restarted
         job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
         if "never-settle" in faults:
             _wait_claims(job, devnet, report, console)
