@@ -50,11 +50,11 @@ def test_digits_four_trainers(tmp_path):
 
 @pytest.mark.parametrize("fault", ["poison", "lazy"])
 def test_cheating_trainer_rejected_and_unpaid(tmp_path, fault):
-    report = run_demo(trainers=3, rounds=3, faults=[fault], workdir=tmp_path, quiet=True)
+    report = run_demo(trainers=3, rounds=5, faults=[fault], workdir=tmp_path, quiet=True)
     assert report["ok"], report.get("error")
     assert report["final"]["val_accuracy"] >= 0.95
     cheaters = [t for t in report["trainers"] if t["units_committed"] and not t["units_accepted"]]
-    assert len(cheaters) == 1 and cheaters[0]["paid_wei"] == 0 and cheaters[0]["units_rejected"] >= 3
+    assert len(cheaters) == 1 and cheaters[0]["paid_wei"] == 0 and cheaters[0]["units_rejected"] >= 5
     assert any("rejected" in line for line in report["faults"]["observed"])
     if fault == "lazy":  # caught by re-execution / the unchanged-weights check, not by luck
         assert any("re-execution" in line or "identical" in line or "global" in line
