@@ -100,6 +100,9 @@ class ClientRole:
         self._cancel_requested: set[str] = set()
         self._running: set[str] = set()
         self._strategies: dict[str, Any] = {}
+        # Update vectors loaded (downloaded, hash-checked, decrypted) for a round's checks,
+        # reused by aggregation; keyed by (job, round, unit), dropped once the round is checked.
+        self._vectors: dict[tuple[str, int, int], np.ndarray] = {}
         node.on_rpc(Bid, self._on_bid)
         node.on_rpc(UnitDone, self._on_unit_event)
         node.on_rpc(UnitFailed, self._on_unit_event)
@@ -547,6 +550,8 @@ class ClientRole:
         layout, gvec = await in_thread(_load_flat, global_path)
         updates = {str(u.unit): vec for u, vec in loaded if vec is not None}
         for u, vec in loaded:
+            if vec is not None:
+                self._vectors[(job.job_id, r, u.unit)] = vec
             if vec is None:
                 u.state, u.verdict = "checked", "rejected"
                 self.db.put_unit(u)
@@ -636,8 +641,18 @@ class ClientRole:
         return await self._locked(lambda: _evaluate_params(worker, job, layout, new, self.job_dir(job.job_id)))
 
     def _load_accepted(self, job: JobRecord, units: list[UnitRecord]) -> list[tuple[np.ndarray, int]]:
-        loaded = self._load_updates(job, units[0].round, units) if units else []
-        return [(vec, max(1, u.num_samples)) for u, vec in loaded if vec is not None]
+        """Accepted updates with their sample counts: the vectors the checks already loaded,
+        or (after a client restart between check and aggregation) loaded again."""
+        missing = [u for u in units if (job.job_id, u.round, u.unit) not in self._vectors]
+        if missing:
+            for u, vec in self._load_updates(job, missing[0].round, missing):
+                if vec is not None:
+                    self._vectors[(job.job_id, u.round, u.unit)] = vec
+        out = [(self._vectors[(job.job_id, u.round, u.unit)], max(1, u.num_samples))
+               for u in units if (job.job_id, u.round, u.unit) in self._vectors]
+        for key in [k for k in self._vectors if k[0] == job.job_id]:
+            del self._vectors[key]  # the round is aggregated: free the memory
+        return out
 
     async def _settle(self, job: JobRecord, r: int) -> None:
         """Pay accepted units, reject the rest with the reason hash (skipping what the chain
@@ -796,12 +811,12 @@ class ClientRole:
         secret = self.db.get_secret(job.job_id)
         key = crypto.derive_chunk_key(secret, job.job_id, f"global-{r}")
         obj = f"jobs/{job.job_id}/global/{r}.enc"
-        enc = crypto.encrypt_bytes(path.read_bytes(), key, job.job_id, f"global-{r}")
         # Encryption is randomised, so re-uploading after a restart would change the hash that
         # earlier work units carry: upload once and remember the ciphertext's hash.
         meta = path.with_suffix(".ref.json")
         if meta.exists() and self.store.head(obj) is not None:
             return json.loads(meta.read_text())
+        enc = crypto.encrypt_bytes(path.read_bytes(), key, job.job_id, f"global-{r}")
         self.store.put(obj, enc)
         ref = {"key": obj, "sha256": crypto.sha256_bytes(enc), "size": len(enc)}
         meta.write_text(json.dumps(ref))

@@ -14,6 +14,7 @@ from fastapi import APIRouter, File, Form, UploadFile
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
+from fedswarm import crypto
 from fedswarm.api.app import ApiError
 from fedswarm.roles.client import ClientRole, SubmitError, in_thread
 from fedswarm.roles.client_db import TERMINAL, JobRecord, JobTerms
@@ -194,7 +195,7 @@ def job_parts(role: ClientRole) -> RoleParts:
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"',
                                  "X-Result-Sha256": job.result_sha256 or "",
-                                 "X-Result-Plain-Sha256": crypto_sha256(data)})
+                                 "X-Result-Plain-Sha256": crypto.sha256_bytes(data)})
 
     @router.get("/jobs/{job_id}/result/link")
     async def job_result_link(job_id: str) -> dict[str, Any]:
@@ -272,17 +273,9 @@ def job_parts(role: ClientRole) -> RoleParts:
                      status=status, tasks=[resume])
 
 
-def crypto_sha256(data: bytes) -> str:
-    from fedswarm import crypto
-
-    return crypto.sha256_bytes(data)
-
-
 def fetch_result(role: ClientRole, job: JobRecord) -> bytes:
     """Download the encrypted result, check its hash and decrypt it with this node's key."""
     import io
-
-    from fedswarm import crypto
 
     buf = io.BytesIO()
     role.store.get(job.result_key, buf)
