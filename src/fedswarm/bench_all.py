@@ -412,22 +412,59 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b not in (None, 0) else None
 
 
-def run(work: Path, quick: bool, reps: int | None = None) -> dict[str, Any]:
-    """The whole comparison; writes results.json/results.md under ``work`` and returns the dict."""
+PARTS = ("cells", "limits", "scale")
+
+
+def run(work: Path, quick: bool, reps: int | None = None, parts: tuple[str, ...] = PARTS,
+        scale_counts: list[int] | None = None) -> dict[str, Any]:
+    """The whole comparison; writes results.json/results.md under ``work`` and returns the dict.
+
+    ``parts`` picks what runs: the side-by-side ``cells``, the machine ``limits`` and the
+    ``scale`` series. A partial run merges into an existing ``results.json`` so that the parts
+    can be measured one at a time and still end in one report.
+    """
     work.mkdir(parents=True, exist_ok=True)
     reps = reps or (1 if quick else 3)
     rounds = 3 if quick else 5
     samples = 1_000 if quick else 5_000  # per trainer (Flower: per client, 80% trained on)
     cells = [("mlp85k", "noop")] if quick else \
         [("mlp85k", "train"), ("mlp85k", "noop"), ("mlp4m", "train"), ("mlp4m", "noop")]
-    result: dict[str, Any] = {"quick": quick, "reps": reps, "rounds": rounds, "trainers": 4,
-                              "samples_per_trainer": samples, "nproc": os.cpu_count(),
-                              "loadavg_start": list(os.getloadavg()), "versions": _versions(), "cells": {}}
+    result: dict[str, Any] = _previous(work, quick) if set(parts) != set(PARTS) else {}
+    result.update({"quick": quick, "reps": reps, "rounds": rounds, "trainers": 4,
+                   "samples_per_trainer": samples, "nproc": os.cpu_count(),
+                   "loadavg_start": list(os.getloadavg()), "versions": _versions()})
+    result.setdefault("cells", {})
+    runs: dict[str, dict[str, list[Any]]] = {}
+    if "cells" in parts:
+        runs = {f"{m} {mode}": {"fedswarm": [], "flower_deployment": [], "flower_simulation": []}
+                for m, mode in cells}
+        _run_cells(work, result, runs, cells, reps, rounds, samples, quick)
+    if "limits" in parts:
+        result["limits"] = machine_limits(work / "limits", quick)
+        _save(work, result, runs)
+    if "scale" in parts:
+        counts = scale_counts or ([8] if quick else [8, 16, 32])
+        result["scale"] = scale_series(work / "scale", counts, 200)
+    result["loadavg_end"] = list(os.getloadavg())
+    _save(work, result, runs)
+    return result
+
+
+def _previous(work: Path, quick: bool) -> dict[str, Any]:
+    """The results of an earlier run of the same kind (quick or full), to merge a partial run into."""
+    try:
+        prev = json.loads((work / "results.json").read_text())
+    except (OSError, ValueError):
+        return {}
+    return prev if isinstance(prev, dict) and prev.get("quick") == quick else {}
+
+
+def _run_cells(work: Path, result: dict[str, Any], runs: dict[str, dict[str, list[Any]]],
+               cells: list[tuple[str, str]], reps: int, rounds: int, samples: int, quick: bool) -> None:
+    """fedswarm, Flower deployment and Flower simulation, interleaved per cell, ``reps`` times."""
     fl = ensure_flower(work)
     result["flower"] = fl
     app = write_app(work) if fl["ok"] else None
-    runs: dict[str, dict[str, list[Any]]] = {f"{m} {mode}": {"fedswarm": [], "flower_deployment": [],
-                                                              "flower_simulation": []} for m, mode in cells}
     net = JobNetwork(work / "fedswarm", 4)
     try:
         # fedswarm trains on 80% of its rows like the Flower clients do: the same 0.8 x samples each.
@@ -456,16 +493,10 @@ def run(work: Path, quick: bool, reps: int | None = None) -> dict[str, Any]:
             result["reexec_default_cell"] = _attempt(lambda: run_cell(net, data, "mlp85k", "train", rounds, reexec=0.34))
     finally:
         net.stop()
-    _save(work, result, runs)
-    result["limits"] = machine_limits(work / "limits", quick)
-    _save(work, result, runs)
     train_utils = [c.get("utilisation") for k, v in runs.items() if "train" in k for c in v["fedswarm"]
                    if "error" not in c and c.get("utilisation") is not None]
     result["utilisation_train_cells"] = summary(train_utils)
-    result["scale"] = scale_series(work / "scale", [8] if quick else [8, 16, 32], 200)
-    result["loadavg_end"] = list(os.getloadavg())
     _save(work, result, runs)
-    return result
 
 
 def _save(work: Path, result: dict[str, Any], runs: dict[str, dict[str, list[Any]]]) -> None:
@@ -582,7 +613,19 @@ def main(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, _terminate)
     signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
-        result = run(work, bool(getattr(args, "quick", False)))
+        only = tuple(p.strip() for p in (getattr(args, "only", None) or ",".join(PARTS)).split(",") if p.strip())
+        unknown = sorted(set(only) - set(PARTS))
+        if unknown:
+            raise BenchError(f"unknown part(s) {', '.join(unknown)}; choose from {', '.join(PARTS)}")
+        counts = None
+        if getattr(args, "scale", None):
+            try:
+                counts = [int(c) for c in args.scale.split(",")]
+            except ValueError:
+                raise BenchError(f"--scale wants comma-separated trainer counts, got {args.scale!r}") from None
+            if any(c < 1 or c > 64 for c in counts):
+                raise BenchError("--scale counts must be between 1 and 64")
+        result = run(work, bool(getattr(args, "quick", False)), parts=only, scale_counts=counts)
     except BenchError as exc:
         print(f"fedswarm bench all: {exc}", file=sys.stderr)
         return 1

@@ -20,6 +20,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     node.add_argument("--devnet-home", type=Path, default=None, help="devnet directory (devnet.json) for store/ledger/audit endpoints")
     node.add_argument("--price-wei", type=int, default=None, help="trainer: asking price per work unit, in wei")
     node.add_argument("--no-gpu", action="store_true", help="trainer: never use a GPU")
+    node.add_argument("--worker-idle", type=float, default=None, metavar="SECONDS",
+                      help="trainer: stop the training worker after this long without work (default 120; 0 = keep it warm)")
     node.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # fault injection for tests/demo
     node.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default 1)")
     node.add_argument("--peer-timeout", type=float, default=None, help="seconds of silence before a peer is unresponsive (default 4)")
@@ -49,7 +51,7 @@ def cmd_node(args: argparse.Namespace) -> int:
     if role != Role.BOOTSTRAP and not bootstrap:
         print("fedswarm: a client or trainer needs --bootstrap MULTIADDR (or BOOTSTRAP_ADDR)", file=sys.stderr)
         return 2
-    opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "fault": args.fault,
+    opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "fault": args.fault, "worker_idle_s": args.worker_idle,
             "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout}
     trio.run(lambda: run_node(role, settings, home, bootstrap, **opts))
     return 0

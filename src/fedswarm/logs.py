@@ -66,3 +66,16 @@ def route_libp2p_logging(level: int = logging.WARNING) -> None:
     lg = logging.getLogger("libp2p")
     lg.setLevel(level)
     lg.propagate = True
+    gs = logging.getLogger("libp2p.pubsub.gossipsub")
+    if not any(isinstance(f, _DropRoutine) for f in gs.filters):
+        gs.addFilter(_DropRoutine())
+
+
+class _DropRoutine(logging.Filter):
+    """Drops gossipsub's per-publish warning about its "pending" queue for peers not subscribed
+    to a topic: by design most peers never subscribe to the heartbeat topic, the queue is
+    bounded (see ``Node._build_host``), and a warning per publish cost more CPU than the
+    publish itself."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("pending message queue for peer")

@@ -120,6 +120,18 @@ def test_deadline_kills_worker_and_next_call_restarts(worker: TrainingWorker, jo
     assert worker.pid not in (None, old) and res.batches == 0
 
 
+def test_idle_stop_keeps_update_files_and_next_task_restarts(worker: TrainingWorker, job: tuple) -> None:
+    res = worker.train(_task(job, mode="noop"), deadline_s=60)
+    old = worker.pid
+    assert old is not None
+    assert worker.stop_if_idle() is True
+    assert worker.pid is None and (not psutil.pid_exists(old) or psutil.Process(old).status() == "zombie")
+    assert Path(res.update_path).is_file()  # an update not yet uploaded survives the stop
+    assert worker.stop_if_idle() is True  # stopping a stopped worker is a no-op
+    res2 = worker.train(_task(job, mode="noop"), deadline_s=120)
+    assert worker.pid not in (None, old) and res2.batches == 0
+
+
 def test_memory_overrun_kills_worker_not_parent(tmp_path: Path, job: tuple) -> None:
     wide = {"format": "fedswarm-seq/1", "input_shape": [16],
             "layers": [{"type": "Linear", "in_features": 16, "out_features": 4096}, {"type": "ReLU"},

@@ -6,6 +6,7 @@ audit log (nothing faked).
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import psutil
 import pytest
 import trio
 
@@ -92,7 +94,7 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
                                            "extra_args": [*common, "--price-wei", str(PRICE), "--no-gpu"]}),
             ("trainer", root / "lazy", {"bootstrap": boot.addr,
                                         "extra_args": [*common, "--price-wei", str(PRICE), "--no-gpu",
-                                                       "--fault", "lazy"]}),
+                                                       "--fault", "lazy", "--worker-idle", "3"]}),
         ])
         procs += [trainer, lazy]
         swarm = Swarm(root, devnet, boot, trainer, lazy)
@@ -380,6 +382,35 @@ async def test_forbidden_bad_hash_and_lazy(swarm: Swarm, dataset, tmp_path: Path
         await client.wait_audit(topic, trainer.peer_id, "withdrawn", timeout=60)
 
     await _with_client(swarm, tmp_path / "client", body)
+
+
+def _workers(node: NodeProcess) -> list[psutil.Process]:
+    """The node's live training-worker children."""
+    out = []
+    for child in psutil.Process(node.popen.pid).children():
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and "fedswarm.learning.worker" in child.cmdline():
+                out.append(child)
+    return out
+
+
+async def test_worker_runs_only_while_work_is_in_sight(swarm: Swarm, tmp_path: Path) -> None:
+    """``--worker-idle 3``: the lazy trainer's worker (torch) stops a few seconds after its last
+    unit, and its next bid starts a new one before any unit arrives."""
+    lazy = swarm.lazy
+    with trio.fail_after(30):
+        while _workers(lazy):
+            await trio.sleep(0.5)
+
+    async def body(client: Client) -> None:
+        await client.open_job("job-idle", [lazy], 3600)
+        with trio.fail_after(60):
+            while not _workers(lazy):
+                await trio.sleep(0.5)
+
+    await _with_client(swarm, tmp_path / "client", body)
+    # The trainer with the default (120 s) keeps its worker warm between units.
+    assert _workers(swarm.trainer)
 
 
 async def test_killed_trainer_resumes_its_unit(swarm: Swarm, dataset, tmp_path: Path) -> None:

@@ -291,6 +291,27 @@ class TrainingWorker:
         log.info("training worker pid %s ready in %.2fs on %s", self._proc.pid,
                  self.start_seconds, self.info.get("device"))
 
+    def stop_if_idle(self) -> bool:
+        """Stop the child unless a task is running; its temp dir (and any update) stays.
+
+        Returns True when no child is left running. The next task starts a new one (a cold
+        start), so a trainer with no work in sight does not keep torch in memory.
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._proc is not None and self._proc.poll() is None:
+                try:
+                    self._send({"op": "exit"})
+                    self._proc.wait(timeout=5)
+                except (OSError, subprocess.TimeoutExpired):
+                    pass
+                log.info("training worker stopped while idle")
+            self._cleanup_proc()
+            return True
+        finally:
+            self._lock.release()
+
     def close(self) -> None:
         """Stop the child and remove its private temp dir (including unclaimed updates)."""
         with self._lock:

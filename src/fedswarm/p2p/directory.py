@@ -25,8 +25,10 @@ class PeerRecord:
     api: str | None = None
     seq: int = -1
 
-    def to_entry(self, online: bool) -> PeerEntry:
+    def to_entry(self, online: bool, now: float | None = None) -> PeerEntry:
+        age = 0.0 if now is None else min(max(now - self.last_seen, 0.0), 86_400.0)
         return PeerEntry(
+            age_s=age,
             peer_id=self.peer_id,
             role=self.role,
             addrs=self.addrs,
@@ -70,21 +72,27 @@ class Directory:
     def merge_summary(self, entries: Iterable[PeerEntry], self_id: str) -> None:
         """Learn peers from a bootstrap's summary without overriding fresher first-hand data.
 
-        A summary is second-hand: it can add peers we have not heard yet (so we can dial them)
-        but it never makes a silent peer look alive for longer than ``timeout``."""
+        A summary is second-hand: a peer counts as heard when the summarizer last heard it
+        (``age_s`` ago), so a silent peer never looks alive for longer than ``timeout`` after
+        its last heartbeat. Nodes that do not subscribe to heartbeats (trainers) keep their
+        whole directory this way; for the others it only adds peers they have not heard yet."""
         now = self._clock()
         for e in entries:
             if e.peer_id == self_id or not e.online:
                 continue
+            heard = now - e.age_s
             rec = self._peers.get(e.peer_id)
             if rec is None:
                 self._peers[e.peer_id] = PeerRecord(
-                    peer_id=e.peer_id, role=e.role, addrs=list(e.addrs),
-                    last_seen=now - self.timeout / 2, topics=list(e.topics),
-                    capabilities=e.capabilities, price_wei=e.price_wei,
+                    peer_id=e.peer_id, role=e.role, addrs=list(e.addrs), last_seen=heard,
+                    topics=list(e.topics), capabilities=e.capabilities, price_wei=e.price_wei,
                 )
-            else:
-                rec.topics = list(e.topics)
+                continue
+            rec.topics = list(e.topics)
+            rec.last_seen = max(rec.last_seen, heard)
+            if rec.seq < 0:  # known only second-hand: the summary is the freshest we have
+                rec.role, rec.addrs = e.role, list(e.addrs)
+                rec.capabilities, rec.price_wei = e.capabilities, e.price_wei
 
     def is_online(self, rec: PeerRecord) -> bool:
         return self._clock() - rec.last_seen <= self.timeout
@@ -108,4 +116,5 @@ class Directory:
         return sorted(out, key=lambda r: (r.role.value, r.peer_id))
 
     def entries(self, online_only: bool = True) -> list[PeerEntry]:
-        return [r.to_entry(self.is_online(r)) for r in self.records(online_only)]
+        now = self._clock()
+        return [r.to_entry(self.is_online(r), now) for r in self.records(online_only)]

@@ -6,6 +6,11 @@ import re
 
 RPC_PROTOCOL = "/fedswarm/rpc/1"
 MARKET_TOPIC = "fedswarm/market/1"
+# Heartbeats. Only the nodes that keep a first-hand directory subscribe (bootstrap, clients);
+# everyone else publishes here without subscribing and learns who is online from the
+# bootstrap's mesh summary on the market topic. Hearing every heartbeat made each node's idle
+# CPU grow with the network (O(N^2) messages in all).
+PRESENCE_TOPIC = "fedswarm/presence/1"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 

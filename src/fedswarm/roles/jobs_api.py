@@ -257,9 +257,9 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"status": "ok", "job_id": job_id}
 
     async def cmd_advertize(args: list[Any]) -> dict[str, Any]:
-        from fedswarm.protocol.topics import MARKET_TOPIC
+        from fedswarm.protocol.topics import PRESENCE_TOPIC
 
-        await role.node.publish(MARKET_TOPIC, role.node.heartbeat())
+        await role.node.publish(PRESENCE_TOPIC, role.node.heartbeat())
         return {"status": "ok", "advertized": role.node.peer_id}
 
     def status() -> dict[str, Any]:

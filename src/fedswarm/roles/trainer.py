@@ -57,7 +57,7 @@ from fedswarm.protocol.job import (
     WorkUnit,
 )
 from fedswarm.protocol.messages import Capabilities, WireModel
-from fedswarm.protocol.topics import MARKET_TOPIC, job_topic
+from fedswarm.protocol.topics import MARKET_TOPIC, PRESENCE_TOPIC, job_topic
 from fedswarm.roles.runtime import RoleParts
 from fedswarm.roles.trainer_db import (
     ACTIVE_STATES,
@@ -91,6 +91,9 @@ class TrainerOptions:
     fault: str = "none"
     claim_interval_s: float = 5.0
     progress_interval_s: float = 1.0
+    # Seconds without a bid or a unit after which the training worker (and torch) is stopped;
+    # 0 keeps it warm from start-up on. It is started again as soon as the trainer bids.
+    worker_idle_s: float = 120.0
     allow_private_urls: bool = True  # devnet storage lives on 127.0.0.1
 
     @classmethod
@@ -102,7 +105,11 @@ class TrainerOptions:
         price = int(opts.get("price_wei") or node.price_wei or DEFAULT_PRICE_WEI)
         if price <= 0:
             raise ConfigError(f"--price-wei must be positive, got {price}")
-        return cls(price_wei=price, fault=fault,
+        idle = opts.get("worker_idle_s")
+        idle_s = 120.0 if idle is None else float(idle)
+        if idle_s < 0:
+            raise ConfigError(f"--worker-idle must be 0 or more seconds, got {idle_s:g}")
+        return cls(price_wei=price, fault=fault, worker_idle_s=idle_s,
                    claim_interval_s=float(opts.get("claim_interval") or 5.0),
                    allow_private_urls=settings.is_devnet)
 
@@ -155,6 +162,7 @@ class Trainer:
         self.stats = _Stats()
         self._running: set[Key] = set()
         self._bidding: set[str] = set()
+        self._worker_used_at = time.monotonic()  # last bid or unit: the worker stays warm after it
         # Ledger writes one at a time: one account, one nonce sequence.
         self._chain_limiter = trio.CapacityLimiter(1)
         self._audit_send, self._audit_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](2048)
@@ -171,7 +179,7 @@ class Trainer:
             return {"units": [u.public() for u in self.db.units()]}
 
         async def cmd_advertize(args: list[Any]) -> dict[str, Any]:
-            await self.node.publish(MARKET_TOPIC, self.node.heartbeat())
+            await self.node.publish(PRESENCE_TOPIC, self.node.heartbeat())
             return {"status": "ok", "advertized": self.peer_id, "price_wei": self.options.price_wei}
 
         async def cmd_units(args: list[Any]) -> dict[str, Any]:
@@ -203,7 +211,7 @@ class Trainer:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._audit_sender)
-                nursery.start_soon(self._warm_worker)
+                nursery.start_soon(self._worker_keeper)
                 await self.node.subscribe(MARKET_TOPIC, self._on_market)  # the node's validator stays
                 for job in self.db.jobs(state="bid"):
                     await self._follow_job(job.job_id, job.client_peer_id)
@@ -221,6 +229,28 @@ class Trainer:
             await trio.to_thread.run_sync(self.worker.start)
         except Exception as exc:
             log.warning("training worker did not start: %s", exc)
+
+    def _want_worker(self) -> None:
+        """Work is in sight (a bid, a unit): start the worker now so the unit finds it warm."""
+        self._worker_used_at = time.monotonic()
+        if self.worker.pid is None:
+            self.node.nursery.start_soon(self._warm_worker)
+
+    async def _worker_keeper(self) -> None:
+        """Keep the worker warm only while there is work in sight.
+
+        An idle trainer on someone's laptop should not hold torch (~130 MB) for nothing; the
+        cold start it then pays (1.5-3 s) overlaps the bid window and the escrow of its next job.
+        """
+        idle_s = self.options.worker_idle_s
+        if idle_s <= 0:
+            await self._warm_worker()
+            return
+        while True:
+            await trio.sleep(min(10.0, idle_s / 4))
+            quiet = time.monotonic() - self._worker_used_at
+            if self.worker.pid is not None and not self._running and not self._bidding and quiet >= idle_s:
+                await trio.to_thread.run_sync(self.worker.stop_if_idle)
 
     # -- audit ---------------------------------------------------------------------------------
 
@@ -260,6 +290,7 @@ class Trainer:
                 self.stats.bump("announces_ignored")
                 return
             self._bidding.add(msg.job_id)
+            self._want_worker()
             self.node.nursery.start_soon(self._bid, msg)
         elif isinstance(msg, JobFinished):
             await self._on_job_finished(sender, msg)
@@ -367,6 +398,7 @@ class Trainer:
             raise Rejected(f"unit {wu.round}/{wu.unit} of job {wu.job_id} is already held", code="busy")
         self.stats.bump("units_accepted")
         self._running.add(key)
+        self._want_worker()
         self.node.nursery.start_soon(self._run_unit, wu)
         return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
 
@@ -384,6 +416,7 @@ class Trainer:
                 continue
             log.info("resuming unit %s/%s of job %s from %s", wu.round, wu.unit, wu.job_id, rec.state.value)
             self._running.add(rec.key)
+            self._want_worker()
             self.node.nursery.start_soon(self._run_unit, wu)
 
     def _unit_dir(self, key: Key) -> Path:
@@ -416,6 +449,7 @@ class Trainer:
             await self._send_failed(wu, reason)
         finally:
             self._running.discard(key)
+            self._worker_used_at = time.monotonic()
 
     def _rec(self, key: Key) -> UnitRecord:
         rec = self.db.unit(*key)
