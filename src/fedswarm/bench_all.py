@@ -534,6 +534,7 @@ def _cell_summary(r: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "ok_runs": len(ok), "errors": [x["error"] for x in runs if "error" in x],
             "round_wall_s": summary(walls),
             "overhead_s": _med(ok, "overhead_s", "median"),
+            "utilisation": _med(ok, "utilisation"),
             "time_to_first_round_s": _med(ok, "time_to_first_round_s"),
             "trainer_pss_idle_mb": _med(ok, "trainer_pss_mb", "idle", "median"),
             "trainer_pss_peak_mb": _med(ok, "trainer_pss_mb", "peak", "max"),
@@ -560,11 +561,11 @@ def markdown(result: dict[str, Any]) -> str:
              f"{result['samples_per_trainer']} samples per trainer.", "",
              f"versions: {result['versions']}; Flower: " + (
                  f"flwr {result['flower']['flwr']}, torch {result['flower']['torch']}, ray {result['flower']['ray']}"
-                 if result["flower"].get("ok") else f"NOT AVAILABLE ({result['flower'].get('error')})"), "",
-             "| cell | engine | steady round wall s, median (min–max) | overhead s | 1st round s | CPU-s/round by component "
-             "| trainer PSS MB idle / peak | bytes/round MiB | fedswarm ÷ this |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for key, cell in result["cells"].items():
+                 if result.get("flower", {}).get("ok") else f"not run or NOT AVAILABLE ({result.get('flower', {}).get('error')})"), "",
+             "| cell | engine | steady round wall s, median (min–max) | overhead s | util. | 1st round s "
+             "| CPU-s/round by component | trainer PSS MB idle / peak | bytes/round MiB | fedswarm ÷ this |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for key, cell in result.get("cells", {}).items():
         s = cell["summary"]
         for engine in ("fedswarm", "flower_deployment", "flower_simulation"):
             e = s[engine]
@@ -573,7 +574,7 @@ def markdown(result: dict[str, Any]) -> str:
             cpu = ", ".join(f"{k} {f(v)}" for k, v in e["cpu_s_per_round"].items())
             err = f" ({len(e['errors'])} failed: {e['errors'][0][:80]})" if e["errors"] else ""
             lines.append(f"| {key} | {engine}{err} | {f(rw['median'])} ({f(rw['min'])}–{f(rw['max'])}) | "
-                         f"{f(e['overhead_s'])} | {f(e['time_to_first_round_s'], 1)} | {cpu} | "
+                         f"{f(e['overhead_s'])} | {f(e.get('utilisation'))} | {f(e['time_to_first_round_s'], 1)} | {cpu} | "
                          f"{f(e['trainer_pss_idle_mb'], 0)} / {f(e['trainer_pss_peak_mb'], 0)} | "
                          f"{f((e['bytes_per_round'] or 0) / 2**20, 1) if e['bytes_per_round'] else '–'} | {ratio} |")
     rx = result.get("reexec_default_cell", {})

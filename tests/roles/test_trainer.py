@@ -170,7 +170,7 @@ class Client:
             job_id=job_id, client_peer_id=self.node.peer_id, trainers=len(trainers), standby=0,
             rounds=1, price_cap_wei=PRICE * 2, model_params=1000, train_rows=400,
             bid_deadline=time.time() + 60, chain_id=self.ledger.get_chain_id(),
-            contract=self.ledger.contract_address, audit_topic=topic,
+            contract=self.ledger.contract_address, audit_topic=topic, client_addrs=self.node.addrs,
         )
         with trio.fail_after(60):
             # Re-announce until every trainer bid: the gossip mesh may still be forming.

@@ -363,12 +363,21 @@ class Node:
         except Exception as exc:
             log.debug("dropping connections to %s failed: %r", peer_id, exc)
 
-    def remember_addrs(self, peer_id: str) -> None:
+    def remember_addrs(self, peer_id: str, addrs: list[str] | None = None) -> None:
+        """Put ``peer_id``'s addresses (from the directory, plus ``addrs`` it gave us itself)
+        in the peerstore so that a dial finds them. Addresses of another peer are ignored."""
         from libp2p.peer.id import ID
 
         rec = self.directory.get(peer_id)
-        if rec and rec.addrs:
-            maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in rec.addrs]
+        known = [*(rec.addrs if rec else []), *(addrs or [])]
+        maddrs = []
+        for a in known:
+            base, _, pid = a.partition("/p2p/")
+            if pid and pid != peer_id:
+                continue
+            with contextlib.suppress(Exception):
+                maddrs.append(multiaddr.Multiaddr(base))
+        if maddrs:
             self.host.get_peerstore().add_addrs(ID.from_base58(peer_id), maddrs, 3600)
 
     async def _handle_ping(self, peer: str, msg: Ping, blob: bytes | None) -> tuple[WireModel, bytes | None]:

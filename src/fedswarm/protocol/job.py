@@ -14,7 +14,7 @@ from typing import Annotated, Any, Literal
 from pydantic import Field
 
 from fedswarm.learning.chunks import Preprocessing
-from fedswarm.protocol.messages import Capabilities, PeerIdStr, WireModel, message
+from fedswarm.protocol.messages import Capabilities, MultiaddrStr, PeerIdStr, WireModel, message
 
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
@@ -41,6 +41,9 @@ class JobAnnounce(WireModel):
     chain_id: int
     contract: Address
     audit_topic: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")]  # where trainers log their state
+    # Where to send bids: a trainer that has not yet heard of this client (it learns peers
+    # from the bootstrap's summary, once a heartbeat) can still dial it at once.
+    client_addrs: list[MultiaddrStr] = Field(default_factory=list, max_length=16)
 
 
 @message("bid")
@@ -121,7 +124,7 @@ class UnitDone(WireModel):
     update_size: int = Field(ge=1)
     num_samples: int = Field(ge=0)
     train_loss: float | None = None
-    seconds: float = Field(ge=0)
+    seconds: float = Field(ge=0)  # the unit's compute: training, with loading its chunks (no transfers)
     commit_tx: Annotated[str, Field(max_length=80)] = ""
 
 

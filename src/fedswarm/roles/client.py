@@ -224,6 +224,7 @@ class ClientRole:
                 min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
                 train_rows=job.train_rows, bid_deadline=deadline, chain_id=chain_id,
                 contract=self.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
+                client_addrs=self.node.addrs[:16],
             )
             self._announces[job.job_id] = announce
             started = time.time()

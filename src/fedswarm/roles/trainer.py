@@ -336,6 +336,7 @@ class Trainer:
             # Remember the job before the client can answer with a work unit.
             self.db.add_job(ann.job_id, ann.client_peer_id, ann.audit_topic, self.options.price_wei)
             await self._follow_job(ann.job_id, ann.client_peer_id)
+            self.node.remember_addrs(ann.client_peer_id, ann.client_addrs)
             timeout = min(15.0, max(1.0, ann.bid_deadline - time.time()))
             reply, _ = await self.node.request(ann.client_peer_id, bid, timeout=timeout, expect=(BidAck,))
             self.stats.bump("bids_sent")
@@ -346,6 +347,12 @@ class Trainer:
         except RpcError as exc:
             self.stats.bump("bids_failed")
             log.info("bid on job %s failed: %s", ann.job_id, exc)
+            # The bid never reached the client: forget the job (it has no units) so that the
+            # client's next announcement of it gets a fresh bid instead of "already bid". After
+            # a timeout the client may have it, and may send units: keep the job then.
+            if exc.code != "timeout" and self.db.forget_job(ann.job_id):
+                with contextlib.suppress(Exception):
+                    await self.node.unsubscribe(job_topic(ann.job_id))
         finally:
             self._bidding.discard(ann.job_id)
 
@@ -499,7 +506,7 @@ class Trainer:
             p.unlink(missing_ok=True)
         (udir / "update.enc").write_bytes(encrypted)
         self.db.set_unit(key, UnitState.UPLOADING, update_sha256=digest, update_size=len(encrypted),
-                         num_samples=num_samples, train_loss=loss, seconds=round(dl_s + train_s, 3))
+                         num_samples=num_samples, train_loss=loss, seconds=round(train_s, 3))
         log.info("unit %s/%s of job %s trained: %d samples, %d batches, loss %s in %.2f s",
                  wu.round, wu.unit, wu.job_id, num_samples, batches, loss, train_s)
 

@@ -153,6 +153,14 @@ class TrainerDB:
             )
             return cur.rowcount == 1
 
+    def forget_job(self, job_id: str) -> bool:
+        """Drop a job we bid on but were never given a unit of; False if it has units."""
+        with self._lock:
+            if self._conn.execute("SELECT 1 FROM units WHERE job_id = ? LIMIT 1", (job_id,)).fetchone():
+                return False
+            cur = self._conn.execute("DELETE FROM jobs WHERE job_id = ? AND state = 'bid'", (job_id,))
+            return cur.rowcount == 1
+
     def job(self, job_id: str) -> JobRecord | None:
         """The job ``job_id`` or None."""
         with self._lock:
