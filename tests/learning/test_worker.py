@@ -67,6 +67,7 @@ def test_child_is_isolated_and_limited(worker: TrainingWorker) -> None:
     assert any(line.startswith("Max open files") and "256" in line for line in limits.splitlines())
     assert "unlimited" not in next(ln for ln in limits.splitlines() if ln.startswith("Max address space"))
     assert Path(psutil.Process(pid).cwd()).parent == worker.workdir
+    assert psutil.Process(pid).nice() == os.nice(0) + 10  # training yields to the node
 
 
 def test_worker_update_matches_in_process_reexecution(worker: TrainingWorker, job: tuple) -> None:

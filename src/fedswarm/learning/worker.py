@@ -195,6 +195,9 @@ class TrainingWorker:
         threads: torch CPU threads (fixed, so updates are reproducible).
         max_update_bytes: size cap of a result file.
         start_timeout_s: how long a cold start may take.
+        nice: scheduling niceness of the child (0-19). Training yields the CPU to the node
+            itself (heartbeats, RPC answers) and to whatever the machine's owner is doing; on an
+            otherwise idle machine it changes nothing.
         budget: dict of :class:`fedswarm.learning.budget.Budget` fields for the dry run.
     """
 
@@ -210,6 +213,7 @@ class TrainingWorker:
         address_space_slack_mb: int = 2048,
         start_timeout_s: float = 120.0,
         budget: dict[str, int] | None = None,
+        nice: int = 10,
     ) -> None:
         self.workdir = Path(workdir)
         self.device = device
@@ -220,6 +224,7 @@ class TrainingWorker:
         self.address_space_slack_mb = address_space_slack_mb
         self.start_timeout_s = start_timeout_s
         self.budget = budget or {}
+        self.nice = max(0, min(19, nice))
         self._proc: subprocess.Popen[bytes] | None = None
         self._reader: _FrameReader | None = None
         self._tmp: Path | None = None
@@ -259,6 +264,7 @@ class TrainingWorker:
             "fsize": self.max_update_bytes + (64 << 20),
             "nofile": self.max_open_files,
             "as_bytes": None if self._gpu_job() else (self.memory_limit_mb + self.address_space_slack_mb) << 20,
+            "nice": self.nice,
         }
         env = {
             "PATH": "/usr/bin:/bin",
@@ -503,6 +509,8 @@ def _apply_limits(limits: dict[str, Any]) -> None:
     resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
     if limits.get("as_bytes"):
         resource.setrlimit(resource.RLIMIT_AS, (limits["as_bytes"], limits["as_bytes"]))
+    if limits.get("nice"):
+        os.nice(int(limits["nice"]))
 
 
 def _set_task_cpu_limit(cpu_s: int) -> None:

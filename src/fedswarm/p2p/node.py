@@ -135,6 +135,8 @@ class Node:
         self.directory = Directory(time.monotonic, timeout=peer_timeout)
         self.stats: collections.Counter[str] = collections.Counter()
         self.last_summary: MeshSummary | None = None
+        self._bootstrap_heard_at = time.monotonic()
+        self._bootstrap_reset_at = 0.0
         self.started_at = time.time()
         self._rpc_handlers: dict[type, RpcHandler] = {}
         self._topic_handlers: dict[str, list[TopicHandler]] = {}
@@ -322,6 +324,8 @@ class Node:
                 raise
             self.stats["rpc_retry"] += 1
             await self._drop_connections(peer_id)
+            if deadline - trio.current_time() < 1.0:  # dropping took the time that was left
+                raise
             reply, rblob = await self._request_once(peer_id, msg, blob, deadline - trio.current_time())
         if isinstance(reply, ErrorReply):
             raise RpcError(reply.code, reply.message)
@@ -566,6 +570,8 @@ class Node:
         return True
 
     async def _on_market(self, sender: str, msg: Any) -> None:
+        if sender in self.bootstrap_ids:
+            self._bootstrap_heard_at = time.monotonic()
         if isinstance(msg, Heartbeat):
             self.directory.observe(msg)
         elif isinstance(msg, MeshSummary):
@@ -619,6 +625,7 @@ class Node:
                 if self.peer_id < rec.peer_id:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)
             await self._prune_duplicate_connections()
+            await self._reset_silent_bootstrap_link()
             connected = set(self.connected_peers())
             missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
             if missing:
@@ -626,6 +633,22 @@ class Node:
                     for pid, addrs in list(missing.items())[:32]:
                         n.start_soon(self._dial, pid, addrs)
             await trio.sleep(1.0)
+
+    async def _reset_silent_bootstrap_link(self) -> None:
+        """Drop our connections to the bootstrap when nothing of it (its summary comes every
+        heartbeat) has arrived for a while: py-libp2p can keep a connection whose handshake
+        timed out under load, "connected" but carrying nothing, and would never redial."""
+        if self.role == Role.BOOTSTRAP or not self.bootstrap_ids:
+            return
+        now = time.monotonic()
+        silence = max(10.0, 3 * self.directory.timeout)
+        if now - self._bootstrap_heard_at < silence or now - self._bootstrap_reset_at < silence:
+            return
+        self._bootstrap_reset_at = now
+        self.stats["bootstrap_link_resets"] += 1
+        log.info("nothing heard from the bootstrap for %.0f s: redialling it", now - self._bootstrap_heard_at)
+        for bid in self.bootstrap_ids:
+            await self._drop_connections(bid)
 
     async def _prune_duplicate_connections(self) -> None:
         """Keep one connection per peer, the same one on both sides: the one the smaller peer

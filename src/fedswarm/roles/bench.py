@@ -161,6 +161,7 @@ class JobNetwork:
 
     root: Path
     trainers: int = 4
+    trainer_args: list[str] = field(default_factory=list)  # extra `fedswarm node trainer` flags
     devnet: Any = None
     bootstrap: NodeProcess | None = None
     client: NodeProcess | None = None
@@ -180,7 +181,7 @@ class JobNetwork:
             specs: list[tuple[str, Path, dict[str, Any]]] = [
                 ("client", self.root / "client", {"bootstrap": self.bootstrap.addr, "extra_args": [*dn, *HEARTBEAT]})]
             for i in range(self.trainers):
-                extra = [*dn, *HEARTBEAT, "--no-gpu", "--price-wei", str(PRICE + 1000 * i)]
+                extra = [*dn, *HEARTBEAT, "--no-gpu", "--price-wei", str(PRICE + 1000 * i), *self.trainer_args]
                 specs.append(("trainer", self.root / f"trainer{i}", {"bootstrap": self.bootstrap.addr, "extra_args": extra}))
             started = start_nodes(specs, timeout=60 + 10 * self.trainers)
             self.client, self.trainer_nodes = started[0], started[1:]

@@ -677,7 +677,7 @@ class ClientRole:
         if units and job.terms.fault != "never-settle":
             receipt = await in_thread(self.ledger.settle, jid, r, units, accepted, reasons)
             rnd.settle_tx = receipt.tx_hash
-        rnd.state = "settled"
+        rnd.state, rnd.settled = "settled", time.time()
         self.db.put_round(rnd)
         await self.node.publish(job_topic(job.job_id), RoundResult(
             job_id=job.job_id, round=r, val_loss=rnd.metrics.get("loss"),

@@ -84,7 +84,8 @@ class RoundRecord(BaseModel):
     round: int
     state: Literal["open", "checked", "settled"] = "open"
     started: float = Field(default_factory=time.time)
-    finished: float | None = None
+    finished: float | None = None  # checked and aggregated
+    settled: float | None = None  # paid on chain: the next round starts after this
     deadline: float = 0.0
     metrics: dict[str, float] = Field(default_factory=dict)
     accepted: int = 0

@@ -77,7 +77,11 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
                            "val_accuracy": r.metrics.get("accuracy"), "metrics": r.metrics,
                            "units": sum(1 for u in units if u.round == r.round), "accepted": r.accepted,
                            "rejected": r.rejected, "reassigned": r.reassigned,
-                           "seconds": round((r.finished or time.time()) - r.started, 3), "settle_tx": r.settle_tx}
+                           # start to settlement (the next round starts then); check_seconds
+                           # stops when the new global model exists
+                           "seconds": round((r.settled or r.finished or time.time()) - r.started, 3),
+                           "check_seconds": round((r.finished or time.time()) - r.started, 3),
+                           "settle_tx": r.settle_tx}
                           for r in rounds],
         "units": [u.model_dump(mode="json") for u in units],
         "trainers_detail": list(trainers.values()),

@@ -162,6 +162,7 @@ class Trainer:
         self.stats = _Stats()
         self._running: set[Key] = set()
         self._bidding: set[str] = set()
+        self._bids_unanswered: set[str] = set()  # timed out: the client may not have them
         self._worker_used_at = time.monotonic()  # last bid or unit: the worker stays warm after it
         # Ledger writes one at a time: one account, one nonce sequence.
         self._chain_limiter = trio.CapacityLimiter(1)
@@ -290,7 +291,6 @@ class Trainer:
                 self.stats.bump("announces_ignored")
                 return
             self._bidding.add(msg.job_id)
-            self._want_worker()
             self.node.nursery.start_soon(self._bid, msg)
         elif isinstance(msg, JobFinished):
             await self._on_job_finished(sender, msg)
@@ -307,7 +307,8 @@ class Trainer:
         """None if we should bid on ``ann``, else the reason (for the debug log)."""
         if sender != ann.client_peer_id:
             return f"announced by {sender}, not its client {ann.client_peer_id}"
-        if ann.job_id in self._bidding or self.db.job(ann.job_id) is not None:
+        if ann.job_id in self._bidding or (self.db.job(ann.job_id) is not None
+                                           and ann.job_id not in self._bids_unanswered):
             return "already bid"
         if time.time() >= ann.bid_deadline:
             return "bid deadline passed"
@@ -344,13 +345,19 @@ class Trainer:
                      getattr(reply, "received", None))
             self._audit(ann.audit_topic, ann.job_id, "joined", price_wei=str(self.options.price_wei),
                         address=self.identity.address)
+            self._bids_unanswered.discard(ann.job_id)
+            # Work is in sight: start the worker now, so the first unit finds it warm. (Not
+            # before the bid: a torch import on every trainer at once slows the bids down.)
+            self._want_worker()
         except RpcError as exc:
             self.stats.bump("bids_failed")
             log.info("bid on job %s failed: %s", ann.job_id, exc)
-            # The bid never reached the client: forget the job (it has no units) so that the
-            # client's next announcement of it gets a fresh bid instead of "already bid". After
-            # a timeout the client may have it, and may send units: keep the job then.
-            if exc.code != "timeout" and self.db.forget_job(ann.job_id):
+            # The client's next announcement of the job gets a fresh bid instead of "already
+            # bid". After a timeout the client may have the bid and send units: keep the job;
+            # otherwise it never arrived: forget the job (it has no units).
+            if exc.code == "timeout":
+                self._bids_unanswered.add(ann.job_id)
+            elif self.db.forget_job(ann.job_id):
                 with contextlib.suppress(Exception):
                     await self.node.unsubscribe(job_topic(ann.job_id))
         finally:
@@ -358,7 +365,8 @@ class Trainer:
 
     async def _follow_job(self, job_id: str, client_peer_id: str) -> None:
         """Subscribe to the job topic; only the job's client may speak there."""
-
+        if job_topic(job_id) in self.node.topics:
+            return  # a bid again after an unanswered one
         def validator(sender: str, msg: WireModel) -> bool:
             return sender == client_peer_id and getattr(msg, "job_id", job_id) == job_id
 
