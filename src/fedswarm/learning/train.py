@@ -108,7 +108,14 @@ class TrainOutput:
 
 def set_determinism(threads: int = 1) -> None:
     """Deterministic kernels and a fixed CPU thread count (results depend on both)."""
-    torch.use_deterministic_algorithms(True, warn_only=False)
+    # torch.use_deterministic_algorithms also sets a flag in torch._inductor's config, and
+    # importing that pulls in the whole compiler stack: +2.3 s and +72 MB in every worker.
+    # We never compile, so set the kernel flag alone when this torch exposes it.
+    set_flag = getattr(torch._C, "_set_deterministic_algorithms", None)
+    if set_flag is not None:
+        set_flag(True, warn_only=False)
+    else:
+        torch.use_deterministic_algorithms(True, warn_only=False)
     torch.set_num_threads(threads)
 
 

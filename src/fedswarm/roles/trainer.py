@@ -231,6 +231,10 @@ class Trainer:
         except Exception as exc:
             log.warning("training worker did not start: %s", exc)
 
+    async def _warm_at(self, unix_time: float) -> None:
+        await trio.sleep(max(0.0, unix_time - time.time()))
+        self._want_worker()
+
     def _want_worker(self) -> None:
         """Work is in sight (a bid, a unit): start the worker now so the unit finds it warm."""
         self._worker_used_at = time.monotonic()
@@ -346,9 +350,12 @@ class Trainer:
             self._audit(ann.audit_topic, ann.job_id, "joined", price_wei=str(self.options.price_wei),
                         address=self.identity.address)
             self._bids_unanswered.discard(ann.job_id)
-            # Work is in sight: start the worker now, so the first unit finds it warm. (Not
-            # before the bid: a torch import on every trainer at once slows the bids down.)
-            self._want_worker()
+            # Work is in sight: warm the worker once the bid window closes, so that the first
+            # unit finds it ready. Not sooner: on a crowded machine a torch import in every
+            # trainer at once starves the bids still on their way. (A unit that comes
+            # earlier starts it itself.)
+            self._worker_used_at = time.monotonic()
+            self.node.nursery.start_soon(self._warm_at, ann.bid_deadline)
         except RpcError as exc:
             self.stats.bump("bids_failed")
             log.info("bid on job %s failed: %s", ann.job_id, exc)
