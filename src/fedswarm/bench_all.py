@@ -380,9 +380,9 @@ def scale_series(work: Path, counts: list[int], data_rows_per_trainer: int) -> l
     """Noop jobs of 3 rounds with N trainer processes: round wall and client CPU per round."""
     rows = []
     for n in counts:
-        # Default trainers: their workers start after their bids are taken, so round 0 pays
-        # n cold torch imports at once on this machine's cores (it is not a steady round).
-        net = JobNetwork(work / f"scale{n}", n)
+        # Dedicated trainers (--worker-idle 0: the worker is warmed at start-up, in batches of
+        # 8): the series measures the protocol as the count grows, not n torch imports at once.
+        net = JobNetwork(work / f"scale{n}", n, trainer_args=["--worker-idle", "0"])
         try:
             data = write_dataset(work / f"scale{n}.csv", int(data_rows_per_trainer * n / 0.8))
             net.start()

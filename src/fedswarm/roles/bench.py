@@ -152,6 +152,15 @@ def summary(values: list[float]) -> dict[str, float | None]:
     return {"median": statistics.median(values), "min": min(values), "max": max(values)}
 
 
+def _wait_cpu_quiet(timeout: float, busy_percent: float = 60.0) -> None:
+    """Wait (at most ``timeout``) until the machine's CPU use drops below ``busy_percent``."""
+    import psutil
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and psutil.cpu_percent(interval=1.0) >= busy_percent:
+        pass
+
+
 # -- the network -------------------------------------------------------------------------------
 
 
@@ -162,6 +171,9 @@ class JobNetwork:
     root: Path
     trainers: int = 4
     trainer_args: list[str] = field(default_factory=list)  # extra `fedswarm node trainer` flags
+    # Trainers started at once. Dozens of Python processes (and their torch workers) starting
+    # together on a 2-core machine starve every handshake: larger networks start in batches.
+    batch: int = 8
     devnet: Any = None
     bootstrap: NodeProcess | None = None
     client: NodeProcess | None = None
@@ -178,14 +190,20 @@ class JobNetwork:
             self.devnet = Devnet.start(self.root / "devnet")
             dn = ["--devnet-home", str(self.root / "devnet")]
             self.bootstrap = start_node("bootstrap", self.root / "bootstrap", extra_args=HEARTBEAT)
-            specs: list[tuple[str, Path, dict[str, Any]]] = [
-                ("client", self.root / "client", {"bootstrap": self.bootstrap.addr, "extra_args": [*dn, *HEARTBEAT]})]
+            specs: list[tuple[str, Path, dict[str, Any]]] = []
             for i in range(self.trainers):
                 extra = [*dn, *HEARTBEAT, "--no-gpu", "--price-wei", str(PRICE + 1000 * i), *self.trainer_args]
                 specs.append(("trainer", self.root / f"trainer{i}", {"bootstrap": self.bootstrap.addr, "extra_args": extra}))
-            started = start_nodes(specs, timeout=60 + 10 * self.trainers)
-            self.client, self.trainer_nodes = started[0], started[1:]
-            self.wait_mesh(60 + 5 * self.trainers)
+            client_spec = ("client", self.root / "client", {"bootstrap": self.bootstrap.addr, "extra_args": [*dn, *HEARTBEAT]})
+            for start in range(0, self.trainers, self.batch):
+                batch = specs[start : start + self.batch]
+                started = start_nodes([client_spec, *batch] if start == 0 else batch, timeout=60 + 10 * len(batch))
+                if start == 0:
+                    self.client, started = started[0], started[1:]
+                self.trainer_nodes += started
+                self.wait_mesh(60 + 5 * len(batch), count=len(self.trainer_nodes))
+                if start + self.batch < self.trainers:
+                    _wait_cpu_quiet(60.0)
             time.sleep(3.0)  # heard is not dialled: let the trainers' direct connections settle
         except BaseException:
             self.stop()
@@ -193,20 +211,22 @@ class JobNetwork:
         self.started_s = time.monotonic() - t0
         return self
 
-    def wait_mesh(self, timeout: float) -> None:
+    def wait_mesh(self, timeout: float, count: int | None = None) -> None:
+        """Wait until the client sees ``count`` (default: all) trainers online."""
         assert self.client is not None
+        want = self.trainers if count is None else count
         deadline = time.monotonic() + timeout
         online = 0
         while time.monotonic() < deadline:
             try:
                 rows = httpx.get(f"{self.client.api}/api/v1/trainers", timeout=10).json()["trainers"]
                 online = sum(bool(r["online"]) for r in rows)
-                if online >= self.trainers:
+                if online >= want:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.2)
-        raise BenchError(f"the client saw {online} of {self.trainers} trainers within {timeout:.0f} s")
+        raise BenchError(f"the client saw {online} of {want} trainers within {timeout:.0f} s")
 
     def components(self) -> dict[str, list[int]]:
         """Component name -> pids (trainers grouped; each pid counted with its descendants)."""

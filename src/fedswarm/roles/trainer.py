@@ -159,6 +159,7 @@ class Trainer:
         self.peer_id = node.peer_id
         self.box_key: PrivateKey = identity.box_key
         self.pending_wei: int | None = None
+        self._pending_at = 0.0
         self.stats = _Stats()
         self._running: set[Key] = set()
         self._bidding: set[str] = set()
@@ -698,7 +699,8 @@ class Trainer:
         settle window; withdraw what was claimed."""
         claimed_for: tuple[str, str] | None = None
         settle_windows: dict[str, int] = {}
-        for rec in self.db.units(states=UNSETTLED_STATES):
+        unsettled = self.db.units(states=UNSETTLED_STATES)
+        for rec in unsettled:
             if rec.key in self._running:
                 continue  # still delivering
             chain_job = job_id_from(rec.job_id)
@@ -729,7 +731,10 @@ class Trainer:
                 claimed_for = (rec.job_id, topic)
         if claimed_for is not None:
             await self._withdraw(*claimed_for)
-        else:
+        elif unsettled or self.pending_wei is None or time.monotonic() - self._pending_at > 60:
+            # Nothing to settle: the balance only changes through us, so poll it rarely
+            # (an idle trainer's web3 call every few seconds was a tenth of its CPU).
+            self._pending_at = time.monotonic()
             with contextlib.suppress(Exception):
                 self.pending_wei = await trio.to_thread.run_sync(self.ledger.pending)
 
