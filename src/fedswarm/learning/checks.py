@@ -144,23 +144,28 @@ def check_loss(
     global_loss: float,
     rel_tolerance: float = 0.1,
     abs_tolerance: float = 0.0,
+    round_median: float | None = None,
 ) -> Verdict:
-    """Reject when the update's validation loss is worse than the global model's by more than
-    ``abs_tolerance + rel_tolerance * |global_loss|``."""
+    """Reject when the update's validation loss is worse than the reference by more than
+    ``abs_tolerance + rel_tolerance * |reference|``.
+
+    The reference is the global model's loss, or the round's median update loss when that is
+    higher: after a few rounds the average (the global model) is often better than every
+    single trainer's update, and honest updates must not be judged against it alone. A
+    poisoned or broken update still sits far above the round's median."""
     if not math.isfinite(update_loss):
         return Verdict(False, f"validation loss is {update_loss}", "loss")
-    bound = global_loss + abs_tolerance + rel_tolerance * abs(global_loss)
+    ref = global_loss if round_median is None or not math.isfinite(round_median) else max(global_loss, round_median)
+    what = f"the global model's {global_loss:.6g}" if ref == global_loss else \
+        f"the round's median {ref:.6g} (global model {global_loss:.6g})"
+    bound = ref + abs_tolerance + rel_tolerance * abs(ref)
     if update_loss > bound:
         return Verdict(
             False,
-            f"validation loss {update_loss:.6g} exceeds the global model's {global_loss:.6g} "
-            f"beyond the tolerance (bound {bound:.6g})",
+            f"validation loss {update_loss:.6g} exceeds {what} beyond the tolerance (bound {bound:.6g})",
             "loss",
         )
-    return Verdict(
-        True, f"validation loss {update_loss:.6g} vs global {global_loss:.6g} (bound {bound:.6g})",
-        "loss",
-    )
+    return Verdict(True, f"validation loss {update_loss:.6g} vs {what} (bound {bound:.6g})", "loss")
 
 
 def check_flagged(is_flagged: bool, strategy: str) -> Verdict:
@@ -377,10 +382,13 @@ def check_round(
         global_loss = float(evaluate(g))
         if not math.isfinite(global_loss):
             raise ValueError(f"the global model's validation loss is {global_loss}; cannot judge")
-        for uid in alive():
-            loss = float(evaluate(arrays[uid]))
+        losses = {uid: float(evaluate(arrays[uid])) for uid in alive()}
+        finite = sorted(v for v in losses.values() if math.isfinite(v))
+        # The lower median: with an even count the better of the two middle updates.
+        median = finite[(len(finite) - 1) // 2] if finite else None
+        for uid, loss in losses.items():
             verdicts[uid].append(
-                check_loss(loss, global_loss, cfg.loss_rel_tolerance, cfg.loss_abs_tolerance)
+                check_loss(loss, global_loss, cfg.loss_rel_tolerance, cfg.loss_abs_tolerance, median)
             )
 
     reexecuted: list[str] = []

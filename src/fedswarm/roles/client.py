@@ -509,9 +509,21 @@ class ClientRole:
     def _pick_replacement(self, job: JobRecord, units: list[UnitRecord]) -> dict[str, Any] | None:
         failed = {u.trainer_peer for u in units if u.state in ("failed", "lost") or u.verdict == "rejected"}
         busy = {u.trainer_peer for u in units if u.state in ("assigned", "accepted")}
+        # The escrow reserves `rounds` units per trainer (chosen and standby alike): a trainer
+        # takes an extra unit only if it keeps one for each of its own remaining slots, or
+        # its commit would revert (MaxUnitsReached) in a later round.
+        r = units[0].round if units else 0
+        taken: dict[str, int] = {}
+        for u in self.db.units(job.job_id):
+            if u.state not in ("failed", "lost"):
+                taken[u.trainer_peer] = taken.get(u.trainer_peer, 0) + 1
+        chosen_ids = {b["peer_id"] for b in job.chosen}
         for bid in [*job.standby, *job.chosen]:
             peer = self.node.directory.get(bid["peer_id"])
             if bid["peer_id"] in failed or bid["peer_id"] in busy:
+                continue
+            own_left = job.terms.rounds - r - 1 if bid["peer_id"] in chosen_ids else 0
+            if taken.get(bid["peer_id"], 0) + own_left >= job.terms.rounds:
                 continue
             if peer is not None and self.node.directory.is_online(peer):
                 return bid
