@@ -116,3 +116,22 @@ def test_valid_header_with_pickle_like_first_byte_accepted() -> None:
             if data[0] == target:
                 assert "w" + "x" * pad in load_weights_bytes(data)
                 break
+
+
+def test_bytearray_and_memoryview_load_like_bytes() -> None:
+    """Decryption returns large payloads as bytearray (the 4.35M-parameter bench model)."""
+    from nacl.public import PrivateKey
+
+    from fedswarm.crypto import decrypt_from_box, encrypt_to_box
+    from fedswarm.learning.chunks import decode_chunk, encode_chunk
+
+    data = save_weights_bytes(_state())
+    for view in (bytearray(data), memoryview(data)):
+        out = load_weights_bytes(view, layout_of(_state()))
+        assert all(np.array_equal(out[k], v) for k, v in _state().items())
+    x, y = np.ones((3, 2), np.float32), np.arange(3)
+    assert np.array_equal(decode_chunk(bytearray(encode_chunk(x, y)))[0], x)
+    key = PrivateKey.generate()
+    big = save_weights_bytes({"w": np.ones((4096, 1100), np.float32)})  # 18 MB, several segments
+    plain = decrypt_from_box(encrypt_to_box(big, key.public_key.encode().hex(), "job", "u"), key, "job", "u")
+    assert load_weights_bytes(plain)["w"].shape == (4096, 1100)

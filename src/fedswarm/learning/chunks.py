@@ -77,6 +77,8 @@ def encode_chunk(x: np.ndarray, y: np.ndarray) -> bytes:
 
 def decode_chunk(data: bytes, num_features: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Parse chunk bytes, checking tensors, dtypes and shapes; raises :class:`ChunkFormatError`."""
+    if not isinstance(data, bytes):  # decryption hands large payloads back as bytearray
+        data = bytes(data)
     if len(data) > MAX_CHUNK_BYTES:
         raise ChunkFormatError(f"chunk of {len(data)} bytes is over the {MAX_CHUNK_BYTES} cap")
     try:

@@ -166,6 +166,8 @@ def load_weights_bytes(
     finite, and (when ``expected`` is given) exactly the expected names, shapes and dtypes.
     Raises :class:`WeightsError` with a one-line reason.
     """
+    if not isinstance(data, bytes):  # decryption hands large payloads back as bytearray
+        data = bytes(data)
     if len(data) > max_bytes:
         raise WeightsError(f"{what} is {len(data)} bytes, over the {max_bytes}-byte cap")
     try:
