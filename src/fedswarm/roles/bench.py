@@ -201,7 +201,7 @@ class JobNetwork:
                 if start == 0:
                     self.client, started = started[0], started[1:]
                 self.trainer_nodes += started
-                self.wait_mesh(60 + 5 * len(batch), count=len(self.trainer_nodes))
+                self.wait_mesh(60 + 5 * len(self.trainer_nodes), count=len(self.trainer_nodes))
                 if start + self.batch < self.trainers:
                     _wait_cpu_quiet(60.0)
             time.sleep(3.0)  # heard is not dialled: let the trainers' direct connections settle
