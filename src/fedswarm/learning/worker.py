@@ -306,28 +306,29 @@ class TrainingWorker:
         if not self._lock.acquire(blocking=False):
             return False
         try:
-            if self._proc is not None and self._proc.poll() is None:
-                try:
-                    self._send({"op": "exit"})
-                    self._proc.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
+            if self._stop_child():
                 log.info("training worker stopped while idle")
-            self._cleanup_proc()
             return True
         finally:
             self._lock.release()
 
+    def _stop_child(self) -> bool:
+        """Ask the child to exit (kill it if it does not); the caller holds the lock.
+        Returns whether a child was running."""
+        running = self._proc is not None and self._proc.poll() is None
+        if running:
+            try:
+                self._send({"op": "exit"})
+                self._proc.wait(timeout=5)  # type: ignore[union-attr]
+            except (OSError, subprocess.TimeoutExpired):
+                pass
+        self._cleanup_proc()
+        return running
+
     def close(self) -> None:
         """Stop the child and remove its private temp dir (including unclaimed updates)."""
         with self._lock:
-            if self._proc is not None and self._proc.poll() is None:
-                try:
-                    self._send({"op": "exit"})
-                    self._proc.wait(timeout=5)
-                except (OSError, subprocess.TimeoutExpired):
-                    pass
-            self._cleanup_proc()
+            self._stop_child()
             if self._tmp is not None:
                 shutil.rmtree(self._tmp, ignore_errors=True)
                 self._tmp = None
