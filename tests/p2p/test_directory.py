@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fedswarm.p2p.directory import Directory
+from fedswarm.p2p.directory import Directory, keeps_link
 from fedswarm.protocol.messages import Heartbeat, PeerEntry, Role
 
 A = "12D3KooWA1DZPvKuXVnJsuKadhvKUAwxaSY9hwPz8z1geqX6ssPJ"
@@ -66,3 +66,10 @@ def test_summary_entries_carry_their_age() -> None:
     clock.now += 1.5
     (entry,) = d.entries()
     assert entry.age_s == 1.5 and entry.online
+
+
+def test_trainers_link_only_to_the_bootstrap_and_clients() -> None:
+    assert not keeps_link(Role.TRAINER, Role.TRAINER)
+    for a, b in [(Role.TRAINER, Role.CLIENT), (Role.CLIENT, Role.TRAINER), (Role.TRAINER, Role.BOOTSTRAP),
+                 (Role.CLIENT, Role.CLIENT), (Role.BOOTSTRAP, Role.CLIENT)]:
+        assert keeps_link(a, b)

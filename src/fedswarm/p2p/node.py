@@ -6,8 +6,10 @@ py-libp2p calls, because the library has sharp edges (see ``shared/notes/libp2p.
 - an exception escaping a stream handler kills the process, so every handler catches all;
 - ``publish()`` never blocks and drops silently when a 32-entry peer queue is full, so
   publishes go through a bounded queue and a pacer that waits for room;
-- there is no liveness and no reconnect, so nodes send heartbeats on the market topic, judge
-  peers by them, and redial the bootstrap and known peers (unblock + dial with timeout).
+- there is no liveness and no reconnect, so nodes send heartbeats on the presence topic, judge
+  peers by them, and redial the bootstrap and the peers they keep links with (unblock + dial
+  with timeout). Links form a star around the bootstrap and the clients: trainers never
+  connect to each other (:func:`~fedswarm.p2p.directory.keeps_link`).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import multiaddr
 import trio
 
 from fedswarm.identity import Identity
-from fedswarm.p2p.directory import Directory
+from fedswarm.p2p.directory import Directory, keeps_link
 from fedswarm.p2p.framing import FrameError, FrameReader, write_message
 from fedswarm.protocol.messages import (
     BlobDigest,
@@ -43,7 +45,7 @@ from fedswarm.protocol.messages import (
     decode,
     encode,
 )
-from fedswarm.protocol.topics import MARKET_TOPIC, PRESENCE_TOPIC, RPC_PROTOCOL
+from fedswarm.protocol.topics import DIRECTORY_TOPIC, MARKET_TOPIC, PRESENCE_TOPIC, RPC_PROTOCOL
 
 log = logging.getLogger("fedswarm.p2p")
 
@@ -186,7 +188,11 @@ class Node:
             protocols=[TProtocol("/meshsub/1.1.0"), TProtocol("/meshsub/1.0.0")],
             degree=6,
             degree_low=4,
-            degree_high=12,
+            # No upper bound in practice: trainers link only to the bootstrap and clients
+            # (keeps_link), so those hubs must keep every trainer that grafts in their mesh.
+            # With the default 12 they pruned the rest, who then heard announcements only
+            # through gossip (IHAVE/IWANT, a heartbeat late) or not at all.
+            degree_high=1024,
             heartbeat_initial_delay=0.1,
             heartbeat_interval=1,
             time_to_live=30,
@@ -222,6 +228,10 @@ class Node:
             await self.subscribe(MARKET_TOPIC, self._on_market, self._validate_market)
             if self.hears_presence:
                 await self.subscribe(PRESENCE_TOPIC, self._on_market, self._validate_market)
+            # The bootstrap subscribes to the topic it publishes its summary on: a publisher
+            # outside a topic reaches only `degree` (6) of its subscribers (gossipsub fanout).
+            if not self.hears_presence or self.role == Role.BOOTSTRAP:
+                await self.subscribe(DIRECTORY_TOPIC, self._on_market, self._validate_directory)
             nursery.start_soon(self._publish_pacer)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._reconnect_loop)
@@ -558,7 +568,7 @@ class Node:
             # Nodes that do not hear heartbeats (trainers) keep their directory from this one
             # summary per heartbeat: one message of N entries instead of N messages.
             if self.role == Role.BOOTSTRAP:
-                await self.publish(MARKET_TOPIC, self.mesh_summary(), presence=True)
+                await self.publish(DIRECTORY_TOPIC, self.mesh_summary(), presence=True)
             self.directory.expire()
             await trio.sleep(self.heartbeat_interval)
 
@@ -568,6 +578,9 @@ class Node:
         if isinstance(msg, MeshSummary):
             return sender in self.bootstrap_ids
         return True
+
+    def _validate_directory(self, sender: str, msg: WireModel) -> bool:
+        return isinstance(msg, MeshSummary) and sender in self.bootstrap_ids
 
     async def _on_market(self, sender: str, msg: Any) -> None:
         if sender in self.bootstrap_ids:
@@ -621,6 +634,8 @@ class Node:
                 # it hang until their timeout. Everyone dials the bootstrap (never the other
                 # way round); between other peers the smaller peer id dials.
                 if self.role == Role.BOOTSTRAP or rec.role == Role.BOOTSTRAP:
+                    continue
+                if not keeps_link(self.role, rec.role):
                     continue
                 if self.peer_id < rec.peer_id:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)

@@ -8,9 +8,13 @@ RPC_PROTOCOL = "/fedswarm/rpc/1"
 MARKET_TOPIC = "fedswarm/market/1"
 # Heartbeats. Only the nodes that keep a first-hand directory subscribe (bootstrap, clients);
 # everyone else publishes here without subscribing and learns who is online from the
-# bootstrap's mesh summary on the market topic. Hearing every heartbeat made each node's idle
+# bootstrap's mesh summary on the directory topic. Hearing every heartbeat made each node's idle
 # CPU grow with the network (O(N^2) messages in all).
 PRESENCE_TOPIC = "fedswarm/presence/1"
+# The bootstrap's mesh summary, heard by the nodes that do not hear heartbeats (trainers). Its
+# own topic, not the market's: a trainer forwards what it hears to its other mesh peers, and on
+# the market topic every trainer would have sent each summary on to every client.
+DIRECTORY_TOPIC = "fedswarm/directory/1"
 _JOB_ID = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 
 
