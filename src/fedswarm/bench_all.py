@@ -278,6 +278,7 @@ def run_flower_sim(fl: dict[str, Any], app: Path, out: Path, model: str, mode: s
             raise BenchError(f"Flower simulation exited {proc.returncode}; see {out / 'sim.log'}")
         res = _flower_result(out_file, t0, snaps, {"simulation": 0.0}, cpu1, [], peaks, model, mode)
         res["note"] = "PSS per trainer = whole simulation tree / 4"
+        res["start"] = "cold"  # every simulation starts its own Ray cluster and clients
         return res
     finally:
         tracker.stop_all()
@@ -331,9 +332,31 @@ def run_flower_deploy(fl: dict[str, Any], app: Path, out: Path, model: str, mode
                              f"see {out / 'flwr-run.log'}")
         res = _flower_result(out_file, t0, snaps, cpu0, cpu1, idle, peaks, model, mode)
         res["stack_start_s"] = t0 - t_start
+        res["start"] = "cold"  # a fresh SuperLink and SuperNodes: the first run on them
+        res["warm_rerun"] = _flower_warm_rerun(b, app, out, model, mode, samples, env, tracker)
         return res
     finally:
         tracker.stop_all()
+
+
+def _flower_warm_rerun(b: Path, app: Path, out: Path, model: str, mode: str, samples: int,
+                       env: dict[str, str], tracker: Tracker, timeout: float = 600) -> dict[str, Any]:
+    """Time to first round of a second, 1-round `flwr run` on the same (now warm) stack."""
+    out_file = out / "rounds-warm.jsonl"
+    out_file.unlink(missing_ok=True)
+    run_cfg = (f'mode="{mode}" hidden={HIDDEN[model]} samples={samples} num-server-rounds=1 '
+               f'out-file="{out_file}"')
+    t0 = time.time()
+    cli = tracker.spawn([str(b / "flwr"), "run", str(app), "bench", "--stream", "--run-config", run_cfg],
+                        out / "flwr-run-warm.log", env=env)
+    try:
+        cli.wait(timeout)
+    except subprocess.TimeoutExpired:
+        return {"error": f"the warm re-run did not finish within {timeout:.0f} s"}
+    rounds, _ = _read_rounds(out_file)
+    if not rounds:
+        return {"error": f"the warm re-run wrote no rounds (flwr exited {cli.returncode})"}
+    return {"time_to_first_round_s": rounds[0]["end"] - t0}
 
 
 def _wait_port(port: int, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
@@ -527,6 +550,23 @@ def _med(runs: list[dict[str, Any]], *path: str) -> float | None:
     return statistics.median(vals) if vals else None
 
 
+def _first_round_by_start(runs: list[dict[str, Any]]) -> dict[str, float | None]:
+    """Median time to first round of cold starts and of warm ones (None when none ran).
+
+    Cold: the engine's processes meet the job's model for the first time (fedswarm: no trainer
+    had a warm worker; Flower: a fresh deployment stack, or any simulation). Warm: fedswarm
+    trainers with warm workers; Flower deployment: a second `flwr run` on the same stack.
+    """
+    cold = [x["time_to_first_round_s"] for x in runs if x.get("start") == "cold"]
+    warm = [x["time_to_first_round_s"] for x in runs if x.get("start") == "warm"]
+    warm += [x["warm_rerun"]["time_to_first_round_s"] for x in runs
+             if "time_to_first_round_s" in x.get("warm_rerun", {})]
+    cold = [v for v in cold if v is not None]
+    warm = [v for v in warm if v is not None]
+    return {"time_to_first_round_cold_s": statistics.median(cold) if cold else None,
+            "time_to_first_round_warm_s": statistics.median(warm) if warm else None}
+
+
 def _cell_summary(r: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for engine, runs in r.items():
@@ -538,6 +578,7 @@ def _cell_summary(r: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "overhead_s": _med(ok, "overhead_s", "median"),
             "utilisation": _med(ok, "utilisation"),
             "time_to_first_round_s": _med(ok, "time_to_first_round_s"),
+            **_first_round_by_start(ok),
             "trainer_pss_idle_mb": _med(ok, "trainer_pss_mb", "idle", "median"),
             "trainer_pss_peak_mb": _med(ok, "trainer_pss_mb", "peak", "max"),
             "cpu_s_per_round": {k: _med(ok, "cpu_s_per_round", k) for k in (ok[0]["cpu_s_per_round"] if ok else {})},
@@ -564,7 +605,7 @@ def markdown(result: dict[str, Any]) -> str:
              f"versions: {result['versions']}; Flower: " + (
                  f"flwr {result['flower']['flwr']}, torch {result['flower']['torch']}, ray {result['flower']['ray']}"
                  if result.get("flower", {}).get("ok") else f"not run or NOT AVAILABLE ({result.get('flower', {}).get('error')})"), "",
-             "| cell | engine | steady round wall s, median (min–max) | overhead s | util. | 1st round s "
+             "| cell | engine | steady round wall s, median (min–max) | overhead s | util. | 1st round s cold / warm "
              "| CPU-s/round by component | trainer PSS MB idle / peak | bytes/round MiB | fedswarm ÷ this |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for key, cell in result.get("cells", {}).items():
@@ -576,7 +617,8 @@ def markdown(result: dict[str, Any]) -> str:
             cpu = ", ".join(f"{k} {f(v)}" for k, v in e["cpu_s_per_round"].items())
             err = f" ({len(e['errors'])} failed: {e['errors'][0][:80]})" if e["errors"] else ""
             lines.append(f"| {key} | {engine}{err} | {f(rw['median'])} ({f(rw['min'])}–{f(rw['max'])}) | "
-                         f"{f(e['overhead_s'])} | {f(e.get('utilisation'))} | {f(e['time_to_first_round_s'], 1)} | {cpu} | "
+                         f"{f(e['overhead_s'])} | {f(e.get('utilisation'))} | "
+                         f"{f(e.get('time_to_first_round_cold_s'), 1)} / {f(e.get('time_to_first_round_warm_s'), 1)} | {cpu} | "
                          f"{f(e['trainer_pss_idle_mb'], 0)} / {f(e['trainer_pss_peak_mb'], 0)} | "
                          f"{f((e['bytes_per_round'] or 0) / 2**20, 1) if e['bytes_per_round'] else '–'} | {ratio} |")
     rx = result.get("reexec_default_cell", {})
@@ -594,14 +636,16 @@ def markdown(result: dict[str, Any]) -> str:
               f"(copy {f(ag.get('numpy_copy_gbps'))} GB/s)",
               f"- utilisation (share of round wall in the slowest trainer's compute), train cells: "
               f"{f(result.get('utilisation_train_cells', {}).get('median'))} (goal ≥ 0.90)",
-              "", "## Scale (noop, 3 rounds)", "", "| trainers | round wall s | overhead s | client CPU-s/round |",
-              "|---|---|---|---|"]
+              "", "## Scale (noop, 3 rounds)", "",
+              "| trainers | round wall s | overhead s | client CPU-s/round | all trainers' CPU-s/round | network start s |",
+              "|---|---|---|---|---|---|"]
     for row in result.get("scale", []):
         if "error" in row:
-            lines.append(f"| {row['trainers']} | failed: {row['error'][:100]} | | |")
+            lines.append(f"| {row['trainers']} | failed: {row['error'][:100]} | | | | |")
         else:
             lines.append(f"| {row['trainers']} | {f(row['round_wall_s']['median'])} | {f(row['overhead_s']['median'])} | "
-                         f"{f(row['client_cpu_s_per_round'])} |")
+                         f"{f(row['client_cpu_s_per_round'])} | {f(row['cpu_s_per_round'].get('trainers'))} | "
+                         f"{f(row.get('network_start_s'), 0)} |")
     return "\n".join(lines) + "\n"
 
 

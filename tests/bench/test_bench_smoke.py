@@ -45,6 +45,9 @@ def test_bench_job_quick(tmp_path: Path) -> None:
     out = _bench("job", tmp_path, 850)
     assert out["trainers"] == 4 and out["nproc"] >= 1 and len(out["loadavg"]) == 3
     cells = {(c["model"], c["mode"]): c for c in out["cells"]}
+    # A fresh network: no trainer warms its worker before a bid is taken, so the first job is cold.
+    assert out["cells"][0]["start"] == "cold" and out["cells"][0]["warm_workers"] == 0
+    assert all(c["start"] in ("cold", "warm", "mixed") for c in out["cells"])
     assert set(cells) == {("mlp85k", "noop"), ("mlp85k", "train")}
     for c in cells.values():
         assert c["num_params"] == 85_002 and c["rounds"] == out["rounds"]

@@ -134,6 +134,17 @@ def tree_memory(pid: int, pss: bool = False) -> float:
     return total / 2**20
 
 
+def warm_workers(pids: list[int]) -> int:
+    """How many of these trainer processes have a live child (their training worker)."""
+    import psutil
+
+    n = 0
+    for pid in pids:
+        with contextlib.suppress(psutil.Error):
+            n += bool(psutil.Process(pid).children())
+    return n
+
+
 def io_chars(pid: int) -> int:
     """Bytes a process read plus wrote through syscalls (files and sockets alike)."""
     import psutil
@@ -296,6 +307,7 @@ def _run_cell(net: JobNetwork, data: Path, model: str, mode: str, rounds: int, r
              "batch_size": 64, "lr": 0.05, "mode": mode, "reexec_fraction": reexec, "round_deadline_s": 600.0,
              "bid_window_s": 10.0, "price_cap_wei": 10**16}
     trainer_pids = [t.popen.pid for t in net.trainer_nodes]
+    warm = warm_workers(trainer_pids)
     idle_rss = [tree_memory(p) for p in trainer_pids]
     idle_pss = [tree_memory(p, pss=True) for p in trainer_pids]
     peak_rss = list(idle_rss)
@@ -337,6 +349,9 @@ def _run_cell(net: JobNetwork, data: Path, model: str, mode: str, rounds: int, r
     if out["time_to_first_round_s"] is None and t_first is not None:
         out["time_to_first_round_s"] = t_first - t_submit
     out["bid_window_s"] = terms["bid_window_s"]
+    # Cold: no trainer had a warm worker when the job came (a torch import is in the first round).
+    out["warm_workers"] = warm
+    out["start"] = "warm" if warm == len(trainer_pids) else "cold" if warm == 0 else "mixed"
     return out
 
 
@@ -442,7 +457,7 @@ def cell_row(c: dict[str, Any]) -> list[str]:
     cpu = c["cpu_s_per_round"]
     return [f"{c['model']} {c['mode']}" + (f" reexec {c['reexec_fraction']}" if c["reexec_fraction"] else ""),
             f"{f(rw['median'])} ({f(rw['min'])}–{f(rw['max'])})", f(ov["median"]),
-            f(c["utilisation"]), f(c["time_to_first_round_s"], 1),
+            f(c["utilisation"]), f"{f(c['time_to_first_round_s'], 1)} {c.get('start', '')}".strip(),
             " ".join(f"{k[:5]} {v:.2f}" for k, v in cpu.items()),
             f"{f(c['trainer_rss_mb']['idle']['median'], 0)}/{f(c['trainer_rss_mb']['peak']['max'], 0)}",
             f(c["store_bytes_per_round"] / 2**20, 1)]
