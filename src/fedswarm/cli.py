@@ -54,7 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--quick", action="store_true", help="smaller sizes, for a smoke run")
     bench.add_argument("--workdir", default=None, help="where scratch files go")
     bench.add_argument("--only", default=None, metavar="PARTS",
-                       help="bench all: comma-separated parts to run (cells, limits, scale; default all)")
+                       help="bench all: comma-separated parts to run (cells, warm, limits, scale; default all)")
     bench.add_argument("--scale", default=None, metavar="COUNTS",
                        help="bench all: trainer counts of the scale series (default 8,16,32; --quick: 8)")
     bench.set_defaults(func=_run_bench)

@@ -36,3 +36,21 @@ def test_markdown_shows_cold_and_warm_and_failed_runs() -> None:
     assert "| 20.0 / 12.0 |" in md and "| 30.0 / 18.0 |" in md
     assert "1 failed: BenchError: Ray crashed" in md
     assert "| 32 | failed: BenchError: only 31 of 32 bids" in md
+
+
+def test_a_warm_start_run_fills_fedswarm_warm_first_round(tmp_path) -> None:
+    import json
+
+    from fedswarm.bench_all import _save
+
+    cell = {"fedswarm": [_run(1.0, 20.0, "cold")], "flower_deployment": [_run(15.0, 30.0, "cold")],
+            "flower_simulation": [_run(0.3, 12.0, "cold")]}
+    result = {"quick": False, "nproc": 2, "loadavg_start": [0, 0, 0], "reps": 1, "rounds": 5,
+              "samples_per_trainer": 5000, "versions": {}, "flower": {"ok": False, "error": "offline"},
+              "cells": {"mlp85k train": {"summary": _cell_summary(cell)}},
+              "warm_starts": {"mlp85k train": _run(1.0, 11.5, "warm"), "mlp4m noop": _run(1.0, 12.0, "warm")}}
+    _save(tmp_path, result, {})  # a `--only warm` run: no cells re-measured
+    saved = json.loads((tmp_path / "results.json").read_text())
+    fs = saved["cells"]["mlp85k train"]["summary"]["fedswarm"]
+    assert fs["time_to_first_round_cold_s"] == 20.0 and fs["time_to_first_round_warm_s"] == 11.5
+    assert "| 20.0 / 11.5 |" in (tmp_path / "results.md").read_text()
