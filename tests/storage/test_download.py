@@ -284,3 +284,38 @@ def test_upload_file_and_bytes(server: RawServer, tmp_path) -> None:
     with pytest.raises(dl.UploadError, match="413"):
         dl.upload_file(server.url("/big"), b"x" * 100)
     assert server.hits["/big"] == 1
+
+
+def test_large_bodies_are_hashed_and_decrypted_in_a_second_thread(server: RawServer, tmp_path) -> None:
+    # Above 4 MiB the body is hashed, decrypted and written by a consumer thread: same results,
+    # same errors (raised in the caller), no thread left behind.
+    threads_before = threading.active_count()
+    body = os.urandom(9 << 20)
+    server.routes["/big"] = ok(body)
+    dest = tmp_path / "big.bin"
+    res = dl.download(server.url("/big"), dest, max_bytes=10 << 20, sha256=hashlib.sha256(body).hexdigest())
+    assert dest.read_bytes() == body and res.sha256 == hashlib.sha256(body).hexdigest()
+    with pytest.raises(dl.DownloadHashMismatch):
+        dl.download(server.url("/big"), tmp_path / "bad.bin", max_bytes=10 << 20, sha256="0" * 64)
+    assert not (tmp_path / "bad.bin").exists()
+
+    key = crypto.derive_chunk_key(crypto.new_job_secret(), "j", "c")
+    plain = os.urandom((8 << 20) + 5)
+    blob = crypto.encrypt_bytes(plain, key, "j", "c")
+    tampered = bytearray(blob)
+    tampered[len(blob) // 3] ^= 1  # a segment in the middle: the thread fails, the caller raises
+    server.routes["/enc"], server.routes["/tampered"] = ok(bytes(blob)), ok(bytes(tampered))
+    dec = dl.Decryption("j", "c", key=key)
+    res = dl.download(server.url("/enc"), tmp_path / "p", max_bytes=len(blob), decrypt=dec)
+    assert (tmp_path / "p").read_bytes() == plain and res.plaintext_bytes == len(plain)
+    with pytest.raises(dl.DownloadDecryptError):
+        dl.download(server.url("/tampered"), tmp_path / "t", max_bytes=len(blob), decrypt=dec)
+    assert not (tmp_path / "t").exists() and not (tmp_path / "t.part").exists()
+
+    def full_sink(data: bytes) -> None:
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        dl.download(server.url("/big"), None, max_bytes=10 << 20, sink=full_sink)
+    time.sleep(0.2)
+    assert threading.active_count() <= threads_before + 1  # the server's own handler may linger
