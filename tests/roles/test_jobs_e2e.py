@@ -45,6 +45,10 @@ def test_digits_four_trainers(tmp_path):
     report = run_demo(trainers=4, rounds=5, dataset="digits", workdir=tmp_path, quiet=True)
     assert report["ok"], report.get("error")
     assert report["final"]["val_accuracy"] >= 0.93
+    # A trainer keeps its slot, so its chunk comes from the store once and from its cache after.
+    fetched = sum(t.get("chunks_downloaded", 0) for t in report["trainers"])
+    reused = sum(t.get("chunks_cached", 0) for t in report["trainers"])
+    assert fetched > 0 and reused >= 3 * fetched, report["trainers"]
     _assert_money_adds_up(report)
 
 

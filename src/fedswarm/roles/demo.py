@@ -307,6 +307,13 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
         who = str(e.args.get("account", "")).lower()
         if e.name == "Withdrawn" and who in per:
             per[who]["withdrawn_wei"] += e.args["amount"]
+    for t in trainers:  # chunks fetched vs reused from the trainer's cache (a killed one is gone)
+        try:
+            stats = httpx.get(f"{t.api}/status", timeout=5).json()["trainer"]["stats"]
+        except (httpx.HTTPError, KeyError, ValueError):
+            continue
+        per[t.info["address"].lower()].update(chunks_downloaded=stats.get("chunks_downloaded", 0),
+                                              chunks_cached=stats.get("chunks_cached", 0))
     # The result: decrypt with the user's key (the client's), and check another key fails.
     result = _check_result(job, client, root)
     audit = _check_audit(job, devnet)

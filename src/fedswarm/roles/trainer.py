@@ -36,7 +36,13 @@ from fastapi import APIRouter
 from nacl.public import PrivateKey
 
 from fedswarm.config import ConfigError, Settings
-from fedswarm.crypto import encrypt_to_box, open_sealed, sha256_bytes
+from fedswarm.crypto import (
+    DecryptionError,
+    decrypt_stream,
+    encrypt_to_box,
+    open_sealed,
+    sha256_bytes,
+)
 from fedswarm.identity import Identity
 from fedswarm.learning.weights import load_weights_bytes, load_weights_file, save_weights_bytes
 from fedswarm.learning.worker import TrainingWorker, TrainTask
@@ -66,6 +72,7 @@ from fedswarm.roles.trainer_db import (
     UnitRecord,
     UnitState,
 )
+from fedswarm.storage.chunk_cache import ChunkCache
 
 log = logging.getLogger("fedswarm.trainer")
 
@@ -121,14 +128,15 @@ class _Inputs:
     global_path: Path
     chunk_paths: list[Path]
     rows: int
+    chunks_cached: int = 0  # chunks found in the cache, not downloaded
 
 
 @dataclass
 class _Stats:
     counters: dict[str, int] = field(default_factory=dict)
 
-    def bump(self, name: str) -> None:
-        self.counters[name] = self.counters.get(name, 0) + 1
+    def bump(self, name: str, n: int = 1) -> None:
+        self.counters[name] = self.counters.get(name, 0) + n
 
 
 class Trainer:
@@ -154,6 +162,7 @@ class Trainer:
         self.db = db
         self.workdir = workdir
         self.options = options
+        self.chunks = ChunkCache(workdir / "chunks", allow_private=options.allow_private_urls)
         self.chain_id = chain_id
         self.contract = ledger.contract_address.lower()
         self.peer_id = node.peer_id
@@ -217,6 +226,10 @@ class Trainer:
                 await self.node.subscribe(MARKET_TOPIC, self._on_market)  # the node's validator stays
                 for job in self.db.jobs(state="bid"):
                     await self._follow_job(job.job_id, job.client_peer_id)
+                for job_id in self.chunks.jobs():  # finished (or forgotten) while we were down
+                    rec = self.db.job(job_id)
+                    if rec is None or rec.state == "finished":
+                        self.chunks.drop_job(job_id)
                 self._resume()
                 nursery.start_soon(self._claim_loop)
         finally:
@@ -395,6 +408,7 @@ class Trainer:
         if not self.db.finish_job(msg.job_id, msg.state):
             return
         log.info("job %s finished (%s)", msg.job_id, msg.state)
+        await trio.to_thread.run_sync(self.chunks.drop_job, msg.job_id)
         with contextlib.suppress(Exception):
             await self.node.unsubscribe(job_topic(msg.job_id))
         self.node.nursery.start_soon(self._withdraw, msg.job_id, job.audit_topic)
@@ -497,6 +511,8 @@ class Trainer:
         t_dl = time.monotonic()
         inputs = await trio.to_thread.run_sync(self._download_inputs, wu, udir, 0.5 * total)
         dl_s = time.monotonic() - t_dl
+        self.stats.bump("chunks_cached", inputs.chunks_cached)
+        self.stats.bump("chunks_downloaded", len(wu.chunks) - inputs.chunks_cached)
 
         self._audit(wu.audit_topic, wu.job_id, "training", wu.round, wu.unit, rows=inputs.rows,
                     epochs=wu.epochs, mode=wu.mode, download_s=round(dl_s, 3))
@@ -546,15 +562,22 @@ class Trainer:
                  decrypt=Decryption(wu.job_id, f"global-{wu.round}", key=gkey),
                  allow_private=self.options.allow_private_urls)
         paths: list[Path] = []
+        hits = 0
         for i, ref in enumerate(wu.chunks):
             ckey = open_sealed(_b64(ref.sealed_key, f"chunk {ref.chunk_id}"), self.box_key)
             # Our own file names: chunk ids may contain "..", which must not reach a path.
             dest = udir / f"chunk-{i:05d}.safetensors"
-            download(ref.url, dest, max_bytes=ref.size, sha256=ref.sha256, expected_size=ref.size,
-                     deadline_s=left(), decrypt=Decryption(wu.job_id, ref.chunk_id, key=ckey),
-                     allow_private=self.options.allow_private_urls)
+            # The same slot brings the same chunk every round: it is downloaded once per job.
+            cached, hit = self.chunks.fetch(wu.job_id, str(ref.url), ref.sha256, ref.size, left())
+            hits += hit
+            try:
+                with cached.open("rb") as src, dest.open("wb") as dst:
+                    decrypt_stream(src, dst, wu.job_id, ref.chunk_id, key=ckey)
+            except DecryptionError as exc:
+                self.chunks.discard(wu.job_id, ref.sha256)
+                raise UnitError(f"chunk {ref.chunk_id} does not decrypt with its key: {exc}") from None
             paths.append(dest)
-        return _Inputs(gpath, paths, sum(c.rows for c in wu.chunks))
+        return _Inputs(gpath, paths, sum(c.rows for c in wu.chunks), hits)
 
     async def _train(self, wu: WorkUnit, inputs: _Inputs, deadline_s: float) -> tuple[bytes, int, float, int]:
         if deadline_s <= 1.0:
