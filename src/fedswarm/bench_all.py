@@ -317,11 +317,8 @@ def run_flower_deploy(fl: dict[str, Any], app: Path, out: Path, model: str, mode
         comps = {"superlink": [link.pid], "supernodes": [n.pid for n in nodes]}
         account = CpuAccount()
         cpu0 = account.sample(comps)
-        run_cfg = (f'mode="{mode}" hidden={HIDDEN[model]} samples={samples} num-server-rounds={rounds} '
-                   f'out-file="{out_file}"')
         t0 = time.time()
-        cli = tracker.spawn([str(b / "flwr"), "run", str(app), "bench", "--stream", "--run-config", run_cfg],
-                            out / "flwr-run.log", env=env)
+        cli = _flwr_run(b, app, model, mode, samples, rounds, out_file, out / "flwr-run.log", env, tracker)
         comps["flwr_cli"] = [cli.pid]
         cpu0["flwr_cli"] = 0.0
         # `flwr run --stream` returns when the run ends; the ServerApp writes "done" last.
@@ -339,16 +336,22 @@ def run_flower_deploy(fl: dict[str, Any], app: Path, out: Path, model: str, mode
         tracker.stop_all()
 
 
+def _flwr_run(b: Path, app: Path, model: str, mode: str, samples: int, rounds: int, out_file: Path,
+              log: Path, env: dict[str, str], tracker: Tracker) -> subprocess.Popen[bytes]:
+    """Start `flwr run` of the bench app on the deployment stack; its rounds go to ``out_file``."""
+    run_cfg = (f'mode="{mode}" hidden={HIDDEN[model]} samples={samples} num-server-rounds={rounds} '
+               f'out-file="{out_file}"')
+    return tracker.spawn([str(b / "flwr"), "run", str(app), "bench", "--stream", "--run-config", run_cfg],
+                         log, env=env)
+
+
 def _flower_warm_rerun(b: Path, app: Path, out: Path, model: str, mode: str, samples: int,
                        env: dict[str, str], tracker: Tracker, timeout: float = 600) -> dict[str, Any]:
     """Time to first round of a second, 1-round `flwr run` on the same (now warm) stack."""
     out_file = out / "rounds-warm.jsonl"
     out_file.unlink(missing_ok=True)
-    run_cfg = (f'mode="{mode}" hidden={HIDDEN[model]} samples={samples} num-server-rounds=1 '
-               f'out-file="{out_file}"')
     t0 = time.time()
-    cli = tracker.spawn([str(b / "flwr"), "run", str(app), "bench", "--stream", "--run-config", run_cfg],
-                        out / "flwr-run-warm.log", env=env)
+    cli = _flwr_run(b, app, model, mode, samples, 1, out_file, out / "flwr-run-warm.log", env, tracker)
     try:
         cli.wait(timeout)
     except subprocess.TimeoutExpired:
@@ -399,6 +402,12 @@ def machine_limits(work: Path, quick: bool) -> dict[str, Any]:
     return out
 
 
+def _four_trainer_dataset(work: Path, samples: int) -> Path:
+    """The synthetic CSV of a 4-trainer job: ``samples`` rows per trainer. fedswarm trains on
+    80 % of its rows, like the Flower clients do: the same 0.8 x samples each."""
+    return write_dataset(work / "synthetic.csv", samples * 4)
+
+
 def warm_starts(work: Path, cells: list[tuple[str, str]], samples: int) -> dict[str, Any]:
     """fedswarm's time to first round with warm trainers, per cell.
 
@@ -409,7 +418,7 @@ def warm_starts(work: Path, cells: list[tuple[str, str]], samples: int) -> dict[
     net = JobNetwork(work, 4)
     out: dict[str, Any] = {}
     try:
-        data = write_dataset(work / "synthetic.csv", int(samples * 0.8 * 4 / 0.8))
+        data = _four_trainer_dataset(work, samples)
         net.start()
         run_cell(net, data, cells[0][0], "noop", 2)  # warms every trainer's worker
         for m, mode in cells:
@@ -523,8 +532,7 @@ def _run_cells(work: Path, result: dict[str, Any], runs: dict[str, dict[str, lis
     app = write_app(work) if fl["ok"] else None
     net = JobNetwork(work / "fedswarm", 4)
     try:
-        # fedswarm trains on 80% of its rows like the Flower clients do: the same 0.8 x samples each.
-        data = write_dataset(work / "synthetic.csv", int(samples * 0.8 * 4 / 0.8))
+        data = _four_trainer_dataset(work, samples)
         net.start()
         result["fedswarm_network_start_s"] = net.started_s
         for rep in range(reps):

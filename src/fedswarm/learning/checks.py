@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import math
+import statistics
 from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -383,9 +384,9 @@ def check_round(
         if not math.isfinite(global_loss):
             raise ValueError(f"the global model's validation loss is {global_loss}; cannot judge")
         losses = {uid: float(evaluate(arrays[uid])) for uid in alive()}
-        finite = sorted(v for v in losses.values() if math.isfinite(v))
+        finite = [v for v in losses.values() if math.isfinite(v)]
         # The lower median: with an even count the better of the two middle updates.
-        median = finite[(len(finite) - 1) // 2] if finite else None
+        median = statistics.median_low(finite) if finite else None
         for uid, loss in losses.items():
             verdicts[uid].append(
                 check_loss(loss, global_loss, cfg.loss_rel_tolerance, cfg.loss_abs_tolerance, median)

@@ -226,10 +226,7 @@ class Trainer:
                 await self.node.subscribe(MARKET_TOPIC, self._on_market)  # the node's validator stays
                 for job in self.db.jobs(state="bid"):
                     await self._follow_job(job.job_id, job.client_peer_id)
-                for job_id in self.chunks.jobs():  # finished (or forgotten) while we were down
-                    rec = self.db.job(job_id)
-                    if rec is None or rec.state == "finished":
-                        self.chunks.drop_job(job_id)
+                await trio.to_thread.run_sync(self._drop_stale_chunks)
                 self._resume()
                 nursery.start_soon(self._claim_loop)
         finally:
@@ -237,6 +234,13 @@ class Trainer:
             # unit tasks being cancelled may still write their last state.)
             with contextlib.suppress(Exception):
                 self.worker.close()
+
+    def _drop_stale_chunks(self) -> None:
+        """Remove cached chunks of jobs that finished (or were forgotten) while we were down."""
+        for job_id in self.chunks.jobs():
+            rec = self.db.job(job_id)
+            if rec is None or rec.state == "finished":
+                self.chunks.drop_job(job_id)
 
     async def _warm_worker(self) -> None:
         # The first unit should not pay the worker's cold start (torch import, ~1.5 s).
