@@ -39,8 +39,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def cmd_node(args: argparse.Namespace) -> int:
     import trio
 
+    from fedswarm.api.runtime import run_node
     from fedswarm.protocol.messages import Role
-    from fedswarm.roles.runtime import run_node
 
     role = Role(args.role)
     default_listen = "/ip4/127.0.0.1/tcp/4001" if role == Role.BOOTSTRAP else None

@@ -21,6 +21,7 @@ Network = Literal["devnet", "testnet", "mainnet", "previewnet"]
 
 DEFAULT_ROOT = Path(os.environ.get("FEDSWARM_ROOT", "~/.fedswarm")).expanduser()
 DEVNET_STATE_FILE = "devnet.json"
+NODE_INFO_FILE = "node.json"
 
 
 class ConfigError(ValueError):
@@ -120,3 +121,20 @@ def load_settings(**overrides: Any) -> Settings:
     """Settings from env/.env, with CLI flag values (non-None) taking precedence."""
     clean = {k: v for k, v in overrides.items() if v is not None}
     return Settings(**clean)
+
+
+def write_node_info(home: Path, info: dict[str, Any]) -> None:
+    """Write ``HOME/node.json`` (peer id, addrs, API URL, pid) atomically once a node is up."""
+    path = Path(home) / NODE_INFO_FILE
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(info, indent=2))
+    os.replace(tmp, path)
+
+
+def read_node_info(home: Path) -> dict[str, Any]:
+    """What the node running at ``home`` wrote about itself; a clear error if none is running."""
+    path = Path(home) / NODE_INFO_FILE
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"no running node found at {home} (missing {NODE_INFO_FILE}); start it with `fedswarm node ...`") from None

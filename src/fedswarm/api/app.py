@@ -202,12 +202,11 @@ def create_app(
     app.include_router(v1)
     for router in extra_routers or []:
         app.include_router(router)
-    try:  # the browser UI (served by every node; most useful on the client)
-        from fedswarm.web import mount_ui
-    except ImportError:
-        pass
-    else:
-        mount_ui(app, role=node.role.value)
+    # The browser UI (served by every node; most useful on the client). Imported here rather than
+    # at the top only to keep `import fedswarm.api.app` light; a broken UI module fails loudly.
+    from fedswarm.web import mount_ui
+
+    mount_ui(app, role=node.role.value)
     _ = decode  # re-exported for handlers that parse wire messages
     return app
 

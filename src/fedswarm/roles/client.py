@@ -999,9 +999,9 @@ def _reexecute(worker: Any, job: JobRecord, global_path: Path, u: UnitRecord, wo
 
 async def build_client(node: Node, settings: Settings, home: Path, opts: dict[str, Any]) -> Any:
     """Wire the client role into a node: storage, ledger, audit log, job API and resume."""
+    from fedswarm.api.jobs import job_parts
     from fedswarm.ledger.audit_factory import make_audit_log
     from fedswarm.ledger.factory import make_ledger
-    from fedswarm.roles.jobs_api import job_parts
     from fedswarm.storage.factory import make_object_store
 
     identity = node.identity
@@ -1026,7 +1026,7 @@ def _jobs_unavailable(reason: str) -> Any:
     from fastapi import APIRouter
 
     from fedswarm.api.app import ApiError
-    from fedswarm.roles.runtime import RoleParts
+    from fedswarm.api.runtime import RoleParts
 
     router = APIRouter(prefix="/api/v1")
 

@@ -88,8 +88,7 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
 def api_base(args: argparse.Namespace) -> str:
     if args.api:
         return args.api.rstrip("/")
-    from fedswarm.config import load_settings
-    from fedswarm.roles.runtime import read_node_info
+    from fedswarm.config import load_settings, read_node_info
 
     home = load_settings(FEDSWARM_HOME=args.home).node_home("client")
     return read_node_info(home)["api"]
@@ -117,7 +116,7 @@ def _call(method: str, url: str, args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from fedswarm.roles.jobs_api import example_specs
+    from fedswarm.api.jobs import example_specs
 
     base = api_base(args)
     terms = {"rounds": args.rounds, "local_epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,

@@ -14,7 +14,7 @@ from typing import Any
 
 import httpx
 
-from fedswarm.roles.runtime import NODE_INFO_FILE
+from fedswarm.config import NODE_INFO_FILE
 
 
 @dataclass

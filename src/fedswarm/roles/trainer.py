@@ -35,6 +35,7 @@ import trio
 from fastapi import APIRouter
 from nacl.public import PrivateKey
 
+from fedswarm.api.runtime import RoleParts
 from fedswarm.config import ConfigError, Settings
 from fedswarm.crypto import (
     DecryptionError,
@@ -64,7 +65,6 @@ from fedswarm.protocol.job import (
 )
 from fedswarm.protocol.messages import Capabilities, WireModel
 from fedswarm.protocol.topics import MARKET_TOPIC, PRESENCE_TOPIC, job_topic
-from fedswarm.roles.runtime import RoleParts
 from fedswarm.roles.trainer_db import (
     ACTIVE_STATES,
     UNSETTLED_STATES,

@@ -16,9 +16,9 @@ from pydantic import ValidationError
 
 from fedswarm import crypto
 from fedswarm.api.app import ApiError
+from fedswarm.api.runtime import RoleParts
 from fedswarm.roles.client import ClientRole, SubmitError, in_thread
 from fedswarm.roles.client_db import TERMINAL, JobRecord, JobTerms
-from fedswarm.roles.runtime import RoleParts
 
 EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 MAX_UPLOAD = 2 << 30

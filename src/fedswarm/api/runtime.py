@@ -6,7 +6,6 @@ scripts, tests and ``fedswarm demo`` can find it without parsing logs.
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass, field
@@ -17,13 +16,15 @@ import trio
 from fastapi import APIRouter
 
 from fedswarm.api.app import CommandFn, create_app, is_loopback, serve_api
-from fedswarm.config import ConfigError, Settings
+from fedswarm.config import NODE_INFO_FILE, ConfigError, Settings, read_node_info, write_node_info
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.messages import Role
 
 log = logging.getLogger("fedswarm.node")
-NODE_INFO_FILE = "node.json"
+# node.json lives in config (the lowest layer) so that roles.launcher can find nodes too.
+__all__ = ["NODE_INFO_FILE", "RoleParts", "build_role", "parse_api", "read_node_info", "run_node",
+           "write_node_info"]
 
 
 @dataclass
@@ -41,21 +42,6 @@ def parse_api(api: str) -> tuple[str, int]:
     if not host or not port.isdigit():
         raise ConfigError(f"--api must be HOST:PORT, got {api!r}")
     return host, int(port)
-
-
-def write_node_info(home: Path, info: dict[str, Any]) -> None:
-    path = home / NODE_INFO_FILE
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(info, indent=2))
-    os.replace(tmp, path)
-
-
-def read_node_info(home: Path) -> dict[str, Any]:
-    path = Path(home) / NODE_INFO_FILE
-    try:
-        return json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"no running node found at {home} (missing {NODE_INFO_FILE}); start it with `fedswarm node ...`") from None
 
 
 async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[str], **role_opts: Any) -> None:
@@ -98,17 +84,17 @@ def _node_opts(role: Role, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 async def build_role(role: Role, node: Node, settings: Settings, home: Path, opts: dict[str, Any]) -> RoleParts:
-    """The role-specific parts; the client and trainer state machines plug in here."""
+    """The role-specific parts; the client and trainer state machines plug in here.
+
+    No ``except ImportError``: a role module that fails to import must stop the node at start,
+    not leave a node that silently has no jobs.
+    """
     if role == Role.CLIENT:
-        try:
-            from fedswarm.roles.client import build_client
-        except ImportError:
-            return RoleParts()
+        from fedswarm.roles.client import build_client
+
         return await build_client(node, settings, home, opts)
     if role == Role.TRAINER:
-        try:
-            from fedswarm.roles.trainer import build_trainer
-        except ImportError:
-            return RoleParts()
+        from fedswarm.roles.trainer import build_trainer
+
         return await build_trainer(node, settings, home, opts)
     return RoleParts()
