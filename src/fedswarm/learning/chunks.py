@@ -5,62 +5,27 @@ A chunk is a safetensors file (never pickle) with two tensors:
 - ``y``: int64 ``[rows]`` class indices (classification) or float32 ``[rows]`` / ``[rows, k]``
   targets (regression).
 
-The client fits a :class:`Preprocessing` on the whole dataset and ships it in the job spec, so
+The client fits a :class:`~fedswarm.protocol.preprocessing.Preprocessing` on the whole dataset and ships it in the job spec, so
 every trainer (and the client's own re-execution) standardises identically.
 """
 
 from __future__ import annotations
 
-from typing import Literal
-
 import numpy as np
-from pydantic import BaseModel, ConfigDict, Field, model_validator
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
+
+# The preprocessing travels in the job's wire messages and manifest, so it is defined in the
+# protocol layer; re-exported here because ingestion and training use it with the chunk format.
+from fedswarm.protocol.preprocessing import Preprocessing
+
+__all__ = ["MAX_CHUNK_BYTES", "ChunkFormatError", "Preprocessing", "decode_chunk", "encode_chunk"]
 
 MAX_CHUNK_BYTES = 1 << 30
 
 
 class ChunkFormatError(ValueError):
     """The bytes are not a valid chunk (bad header, wrong tensors, wrong dtypes or shapes)."""
-
-
-class Preprocessing(BaseModel):
-    """What the client learned from the whole dataset; applied identically everywhere."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-    task: Literal["classification", "regression"]
-    features: list[str] = Field(min_length=1, max_length=100_000)
-    label: str
-    classes: list[str] | None = None  # classification: index -> original label text
-    mean: list[float]
-    std: list[float]
-
-    @model_validator(mode="after")
-    def _check(self) -> Preprocessing:
-        n = len(self.features)
-        if len(self.mean) != n or len(self.std) != n:
-            raise ValueError("mean/std must have one entry per feature")
-        if self.task == "classification" and not self.classes:
-            raise ValueError("a classification task needs its class list")
-        if any(s <= 0 or not np.isfinite(s) for s in self.std):
-            raise ValueError("std entries must be finite and > 0")
-        return self
-
-    @property
-    def num_features(self) -> int:
-        return len(self.features)
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes or [])
-
-    def apply(self, x: np.ndarray) -> np.ndarray:
-        """Standardise raw features ``x`` (float32 ``[rows, features]``)."""
-        mean = np.asarray(self.mean, dtype=np.float32)
-        std = np.asarray(self.std, dtype=np.float32)
-        return ((x - mean) / std).astype(np.float32, copy=False)
 
 
 def encode_chunk(x: np.ndarray, y: np.ndarray) -> bytes:

@@ -1,6 +1,6 @@
 """Wire messages of a training job: announcement, bids, work units, results, round summaries.
 
-Flow (DESIGN.md §1): the client announces a :class:`JobAnnounce` on the market topic; fitting
+Flow (see docs/ARCHITECTURE.md): the client announces a :class:`JobAnnounce` on the market topic; fitting
 trainers answer with a signed :class:`Bid` over RPC; for each round the client sends every
 chosen trainer a :class:`WorkUnit` over RPC; the trainer trains, uploads its encrypted update,
 commits its hash on chain and answers with :class:`UnitDone` over RPC; the client publishes a
@@ -13,8 +13,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import Field
 
-from fedswarm.learning.chunks import Preprocessing
 from fedswarm.protocol.messages import Capabilities, MultiaddrStr, PeerIdStr, WireModel, message
+from fedswarm.protocol.preprocessing import Preprocessing
 
 JobId = Annotated[str, Field(pattern=r"^[A-Za-z0-9_-]{1,64}$")]
 Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]

@@ -16,7 +16,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from fedswarm.learning.chunks import Preprocessing
+from fedswarm.protocol.preprocessing import Preprocessing
 
 MANIFEST_VERSION = 1
 _DOMAIN = b"fedswarm/manifest/v1\n"
