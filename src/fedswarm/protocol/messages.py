@@ -12,6 +12,8 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from fedswarm.protocol.decode import MAX_RPC_FRAME, DecodeError, decode_json, validation_summary
+
 PROTOCOL_VERSION = 1
 
 PeerIdStr = Annotated[str, Field(min_length=10, max_length=128, pattern=r"^[1-9A-HJ-NP-Za-km-z]+$")]
@@ -35,7 +37,7 @@ class WireModel(BaseModel):
     version: int = PROTOCOL_VERSION
 
 
-class WireError(ValueError):
+class WireError(DecodeError):
     """Bytes that are not a valid message (bad JSON, unknown type or version, wrong fields)."""
 
 
@@ -66,14 +68,14 @@ def _dumps(obj: Any) -> bytes:
     return json.dumps(obj, separators=(",", ":"), allow_nan=False).encode()
 
 
-def decode(data: bytes, expected: tuple[type[WireModel], ...] | None = None) -> WireModel:
-    """Parse bytes into their registered model; :class:`WireError` on anything else."""
-    import json
-
+def decode(data: bytes, expected: tuple[type[WireModel], ...] | None = None, *,
+           max_bytes: int = MAX_RPC_FRAME) -> WireModel:
+    """Parse bytes into their registered model through the bounded decoder (size and depth
+    caps first); :class:`WireError` on anything else."""
     try:
-        obj = json.loads(data)
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireError(f"not JSON: {exc}") from None
+        obj = decode_json(data, max_bytes=max_bytes)
+    except DecodeError as exc:
+        raise WireError(str(exc)) from None
     return decode_obj(obj, expected)
 
 
@@ -92,9 +94,7 @@ def decode_obj(obj: Any, expected: tuple[type[WireModel], ...] | None = None) ->
     try:
         return cls.model_validate(obj)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        loc = ".".join(str(p) for p in first.get("loc", ()))
-        raise WireError(f"invalid {type_name}: {loc}: {first.get('msg')}") from None
+        raise WireError(f"invalid {type_name}: {validation_summary(exc)}") from None
 
 
 # --- presence and the mesh ------------------------------------------------------------------
