@@ -12,8 +12,8 @@ import importlib
 import sys
 from collections.abc import Sequence
 
-# Modules providing `register(subparsers)`; imported lazily so a broken optional layer
-# (or a heavy import such as torch) never slows down or breaks unrelated commands.
+# Modules providing `register(subparsers)`; each keeps heavy imports (torch...) inside its
+# command functions so that building the parser stays fast.
 COMMAND_MODULES = [
     "fedswarm.commands_node",
     "fedswarm.devnet.commands",
@@ -21,7 +21,7 @@ COMMAND_MODULES = [
     "fedswarm.ledger.commands",
     "fedswarm.ledger.audit_commands",
     "fedswarm.learning.commands",
-    "fedswarm.roles.commands",
+    "fedswarm.commands_job",
 ]
 
 BENCH_LAYERS = {
@@ -40,13 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-json", action="store_true", default=None, help="JSON-lines logs")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for modname in COMMAND_MODULES:
-        try:
-            mod = importlib.import_module(modname)
-        except ModuleNotFoundError as exc:
-            if exc.name and modname.startswith(exc.name):
-                continue  # layer not built yet
-            raise
-        mod.register(sub)
+        # every layer exists: a module that fails to import is a bug and stops the CLI loudly
+        importlib.import_module(modname).register(sub)
 
     bench = sub.add_parser("bench", help="benchmarks of one layer against the machine's limits")
     bench.add_argument("layer", choices=sorted(BENCH_LAYERS))

@@ -1,4 +1,5 @@
-"""`fedswarm job ...` (talks to a client node's API) and `fedswarm demo`."""
+"""`fedswarm job ...` (talks to a client node's API) and `fedswarm demo`: top-level commands, above
+the API they call."""
 
 from __future__ import annotations
 
