@@ -117,7 +117,7 @@ def _call(method: str, url: str, args: argparse.Namespace, **kw: Any) -> Any:
 
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from fedswarm.api.jobs import example_specs
+    from fedswarm.examples import example_specs
 
     base = api_base(args)
     terms = {"rounds": args.rounds, "local_epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr,

@@ -22,7 +22,7 @@ from fedswarm.learning.train import (
 )
 from fedswarm.learning.weights import flatten_state, unflatten_state
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "fedswarm" / "examples"
 
 
 @pytest.mark.parametrize("name, loader, goal", [

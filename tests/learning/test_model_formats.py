@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import copy
-import sys
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 import torch
 
+from fedswarm.examples.cnn_skip import CnnSkip
 from fedswarm.learning.budget import Budget, BudgetExceeded, check_budget
 from fedswarm.learning.graph import (
     GraphRejected,
@@ -28,9 +27,6 @@ from fedswarm.learning.spec import (
 from fedswarm.learning.train import parse_model_spec
 
 from .engine_helpers import mlp_spec
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "examples"))
-from cnn_skip import CnnSkip  # noqa: E402
 
 # ---- seq ---------------------------------------------------------------------------------------
 

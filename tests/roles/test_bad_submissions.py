@@ -14,7 +14,7 @@ from fedswarm.roles.demo import bundled_dataset
 from fedswarm.roles.launcher import start_node, start_nodes
 
 pytestmark = pytest.mark.slow
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples"
+EXAMPLES = Path(__file__).resolve().parents[2] / "src" / "fedswarm" / "examples"
 HB = ["--heartbeat", "0.5", "--peer-timeout", "3"]
 
 

@@ -25,7 +25,7 @@ CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-backg
                  "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
-EXAMPLE_SPEC = REPO / "examples" / "breast_cancer.seq.json"
+EXAMPLE_SPEC = REPO / "src" / "fedswarm" / "examples" / "breast_cancer.seq.json"
 VIEWPORTS = {"desktop": {"width": 1280, "height": 800}, "phone": {"width": 390, "height": 844}}
 TRAINERS = 3
 ROUNDS = 3

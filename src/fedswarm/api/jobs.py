@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
+from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any
 
@@ -17,16 +18,11 @@ from pydantic import ValidationError
 from fedswarm import crypto
 from fedswarm.api.app import ApiError
 from fedswarm.api.runtime import RoleParts
+from fedswarm.examples import example_specs
 from fedswarm.roles.client import ClientRole, SubmitError, in_thread
 from fedswarm.roles.client_db import TERMINAL, JobRecord, JobTerms
 
-EXAMPLES_DIR = Path(__file__).resolve().parents[3] / "examples"
 MAX_UPLOAD = 2 << 30
-
-
-def example_specs() -> dict[str, Path]:
-    """Bundled model specs by name (``breast_cancer``, ``digits``...)."""
-    return {p.name.removesuffix(".seq.json"): p for p in sorted(EXAMPLES_DIR.glob("*.seq.json"))}
 
 
 def parse_terms(raw: str | dict[str, Any] | None) -> JobTerms:
@@ -248,7 +244,7 @@ def job_parts(role: ClientRole) -> RoleParts:
     async def cmd_train(args: list[Any]) -> dict[str, Any]:
         if len(args) < 2 or not all(isinstance(a, str) for a in args[:2]):
             raise ApiError("train needs [dataset_path, model_path_or_example, {terms}]")
-        spec_path = Path(args[1])
+        spec_path: Path | Traversable = Path(args[1])
         if args[1] in example_specs():
             spec_path = example_specs()[args[1]]
         if not spec_path.is_file():

@@ -25,18 +25,16 @@ from typing import Any
 import numpy as np
 import torch
 
+from fedswarm.examples import example_spec
 from fedswarm.learning.chunks import Preprocessing, encode_chunk
 from fedswarm.learning.spec import build_seq_module, make_loss, make_optimizer
 from fedswarm.learning.train import initial_state, parse_model_spec, resolve_device
 from fedswarm.learning.weights import save_weights_file
 from fedswarm.learning.worker import TrainingWorker, TrainTask
 
-EXAMPLES = Path(__file__).resolve().parents[3] / "examples"
-
 
 def _spec(name: str) -> dict[str, Any]:
-    path = EXAMPLES / f"{name}.seq.json"
-    return json.loads(path.read_text())
+    return example_spec(name)
 
 
 def _data(rows: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

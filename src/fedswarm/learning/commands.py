@@ -29,7 +29,7 @@ def register(subparsers: Any) -> None:
     exp.add_argument("-o", "--out", required=True, help="output directory")
     exp.set_defaults(func=cmd_export)
     chk = sub.add_parser("check", help="validate a model spec and report its budget")
-    chk.add_argument("spec", help="a fedswarm-seq/1 or fedswarm-graph/1 JSON file")
+    chk.add_argument("spec", help="a fedswarm-seq/1 or fedswarm-graph/1 JSON file, or a bundled example name (breast_cancer, digits)")
     chk.add_argument("--batch-size", type=int, default=None, help="default: the spec's own")
     chk.add_argument("--json", action="store_true", help="print one JSON object")
     chk.set_defaults(func=cmd_check)
@@ -88,6 +88,17 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _spec_bytes(spec: str) -> bytes:
+    """The file ``spec``, or the bundled example of that name when no such file exists."""
+    from fedswarm.examples import example_specs
+
+    path = Path(spec)
+    bundled = example_specs().get(spec)
+    if bundled is not None and not path.exists():
+        return bundled.read_bytes()
+    return path.read_bytes()
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     """Validate a spec file and run the meta-device budget dry run."""
     from fedswarm.learning.budget import check_budget
@@ -95,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from fedswarm.learning.train import parse_model_spec
 
     try:
-        spec = parse_model_spec(Path(args.spec).read_bytes())
+        spec = parse_model_spec(_spec_bytes(args.spec))
         report = check_budget(spec, args.batch_size or spec.train.batch_size)
     except (OSError, SpecError) as exc:
         print(f"fedswarm model check: {exc}", file=sys.stderr)

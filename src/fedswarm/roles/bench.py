@@ -45,8 +45,10 @@ class BenchError(RuntimeError):
 
 
 def examples_dir() -> Path:
-    """The repository's ``examples/`` folder (model specs of the bench workload)."""
-    return Path(__file__).resolve().parents[3] / "examples"
+    """The bundled ``fedswarm/examples`` folder (model specs of the bench workload)."""
+    from importlib.resources import files
+
+    return Path(str(files("fedswarm.examples")))
 
 
 def write_dataset(path: Path, rows: int, features: int = 64, classes: int = 10, seed: int = 0) -> Path:

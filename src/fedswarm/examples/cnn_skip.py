@@ -1,6 +1,6 @@
 """A small CNN with BatchNorm and a skip connection: the `fedswarm-graph/1` export demo.
 
-    fedswarm model export examples/cnn_skip.py:CnnSkip --input-shape 1,3,32,32 -o /tmp/cnn
+    fedswarm model export fedswarm.examples.cnn_skip:CnnSkip --input-shape 1,3,32,32 -o /tmp/cnn
 """
 
 from __future__ import annotations
