@@ -14,7 +14,7 @@ import os
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 Network = Literal["devnet", "testnet", "mainnet", "previewnet"]
@@ -42,6 +42,8 @@ class Settings(BaseSettings):
     devnet_home: Path | None = Field(default=None, alias="FEDSWARM_DEVNET_HOME")
     log_json: bool = Field(default=False, alias="FEDSWARM_LOG_JSON")
     log_level: str = Field(default="INFO", alias="FEDSWARM_LOG_LEVEL")
+    # anvil/solc; unset: the checkout's .tools/, else ~/.fedswarm/tools (see fedswarm.tools)
+    tools_dir: Path | None = Field(default=None, validation_alias=AliasChoices("FEDSWARM_TOOLS_DIR", "FEDSWARM_TOOLS"))
 
     # P2P
     bootstrap_addr: str | None = None

@@ -1,15 +1,31 @@
-"""Where the project's non-Python tools live (installed by `make tools` into `.tools/`)."""
+"""Where the project's non-Python tools (anvil, solc) live.
+
+One directory, chosen in this order: the ``FEDSWARM_TOOLS_DIR`` setting (environment or
+``.env``); the checkout's ``.tools/`` when fedswarm runs from a source checkout (``make tools``
+installs there); else ``~/.fedswarm/tools`` (under ``FEDSWARM_ROOT``), so an installed package
+does not look next to its own files. ``PATH`` is the last resort for each tool.
+"""
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-TOOLS_DIR = Path(os.environ.get("FEDSWARM_TOOLS", REPO_ROOT / ".tools"))
+from fedswarm.config import DEFAULT_ROOT, load_settings
 
-# name -> path of the executable inside TOOLS_DIR (npm packages keep their own layout)
+
+def checkout_root() -> Path | None:
+    """The repository root when this module runs from a source checkout (``src/`` layout)."""
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "src" / "fedswarm" / "tools.py").is_file():
+        return root
+    return None
+
+
+# The checkout (tests and scripts read contracts/ and scripts/ from it); None when installed.
+REPO_ROOT = checkout_root()
+
+# name -> path of the executable inside the tools dir (npm packages keep their own layout)
 _KNOWN = {
     "anvil": "node_modules/@foundry-rs/anvil-linux-amd64/bin/anvil",
     "solcjs": "node_modules/solc/solc.js",
@@ -20,14 +36,33 @@ class ToolMissing(RuntimeError):
     """A required external tool is not installed."""
 
 
+def tools_dir() -> Path:
+    """The tools directory (see the module docstring for the order)."""
+    configured = load_settings().tools_dir
+    if configured is not None:
+        return configured.expanduser()
+    if REPO_ROOT is not None:
+        return REPO_ROOT / ".tools"
+    return DEFAULT_ROOT / "tools"
+
+
 def tool_path(name: str) -> Path:
-    """Absolute path of tool ``name``: ``.tools/`` first, then ``PATH``; a clear error if absent."""
+    """Absolute path of tool ``name``: the tools dir first, then ``PATH``; a clear error if absent."""
+    where = tools_dir()
     rel = _KNOWN.get(name)
     if rel:
-        p = TOOLS_DIR / rel
+        p = where / rel
         if p.exists():
             return p
     found = shutil.which(name)
     if found:
         return Path(found)
-    raise ToolMissing(f"{name} is not installed: run `make tools` (installs it into {TOOLS_DIR})")
+    raise ToolMissing(f"{name} is not installed: run `make tools` in a checkout, or install it "
+                      f"into {where} (FEDSWARM_TOOLS_DIR chooses that folder) or on PATH")
+
+
+def __getattr__(attr: str) -> Path:
+    # TOOLS_DIR is read lazily: settings come from the environment at the time of use.
+    if attr == "TOOLS_DIR":
+        return tools_dir()
+    raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
