@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,13 +19,20 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``pip install --target`` of this checkout (no dependencies: the venv has them)."""
+    """``pip install --target`` of this checkout (no dependencies: the venv has them).
+
+    It builds from a copy of what a source distribution holds, so the checkout gets no build/
+    folder (whose stale files would end up in later builds) and nothing outside it is used."""
     target = tmp_path_factory.mktemp("site")
-    build = tmp_path_factory.mktemp("build")
+    source = tmp_path_factory.mktemp("source")
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(REPO / name, source / name)
+    shutil.copytree(REPO / "src", source / "src",
+                    ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
     out = subprocess.run(
         [sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation",
-         "--target", str(target), str(REPO)],
-        capture_output=True, text=True, timeout=600, cwd=build,
+         "--target", str(target), str(source)],
+        capture_output=True, text=True, timeout=600, cwd=source,
         env={**os.environ, "PIP_DISABLE_PIP_VERSION_CHECK": "1"},
     )
     assert out.returncode == 0, out.stderr[-3000:]
