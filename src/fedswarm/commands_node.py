@@ -22,7 +22,6 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     node.add_argument("--no-gpu", action="store_true", help="trainer: never use a GPU")
     node.add_argument("--worker-idle", type=float, default=None, metavar="SECONDS",
                       help="trainer: stop the training worker after this long without work (default 120; 0 = keep it warm)")
-    node.add_argument("--fault", default=None, help=argparse.SUPPRESS)  # fault injection for tests/demo
     node.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default 1)")
     node.add_argument("--peer-timeout", type=float, default=None, help="seconds of silence before a peer is unresponsive (default 4)")
     node.set_defaults(func=cmd_node)
@@ -36,7 +35,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     show.set_defaults(func=cmd_keys_show)
 
 
-def cmd_node(args: argparse.Namespace) -> int:
+def cmd_node(args: argparse.Namespace, **role_classes: type) -> int:
+    """Run the node until interrupted. ``role_classes`` (``trainer_cls=...``) swap a role's class:
+    ``python -m fedswarm.testing.node`` passes its fault-injecting doubles this way."""
     import trio
 
     from fedswarm.api.runtime import run_node
@@ -51,9 +52,9 @@ def cmd_node(args: argparse.Namespace) -> int:
     if role != Role.BOOTSTRAP and not bootstrap:
         print("fedswarm: a client or trainer needs --bootstrap MULTIADDR (or BOOTSTRAP_ADDR)", file=sys.stderr)
         return 2
-    opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "fault": args.fault, "worker_idle_s": args.worker_idle,
+    opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "worker_idle_s": args.worker_idle,
             "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout}
-    trio.run(lambda: run_node(role, settings, home, bootstrap, **opts))
+    trio.run(lambda: run_node(role, settings, home, bootstrap, **role_classes, **opts))
     return 0
 
 

@@ -92,9 +92,9 @@ def swarm(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Swarm]:
         trainer, lazy = start_nodes([
             ("trainer", root / "trainer", {"bootstrap": boot.addr,
                                            "extra_args": [*common, "--price-wei", str(PRICE), "--no-gpu"]}),
-            ("trainer", root / "lazy", {"bootstrap": boot.addr,
+            ("trainer", root / "lazy", {"bootstrap": boot.addr, "fault": "lazy",
                                         "extra_args": [*common, "--price-wei", str(PRICE), "--no-gpu",
-                                                       "--fault", "lazy", "--worker-idle", "3"]}),
+                                                       "--worker-idle", "3"]}),
         ])
         procs += [trainer, lazy]
         swarm = Swarm(root, devnet, boot, trainer, lazy)
@@ -117,7 +117,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedDataset, 
     rows = np.column_stack([data.data, data.target])
     np.savetxt(csv, rows, delimiter=",", header=header, comments="", fmt="%.6g")
     prepared = prepare_dataset(csv, tmp / "chunks", label="target", num_chunks=4, seed=1)
-    spec_path = ROOT / "examples" / "breast_cancer.seq.json"
+    spec_path = ROOT / "src" / "fedswarm" / "examples" / "breast_cancer.seq.json"
     spec = json.loads(spec_path.read_text()) if spec_path.exists() else FALLBACK_SPEC
     return prepared, spec
 
@@ -427,10 +427,9 @@ async def test_killed_trainer_resumes_its_unit(swarm: Swarm, dataset, tmp_path: 
         await client.node.request(victim.peer_id, wu, expect=(UnitAccepted,))
         victim.popen.kill()  # SIGKILL: no cleanup of any kind
         victim.popen.wait(10)
-        argv_extra = ["--devnet-home", str(swarm.devnet.home), *HEARTBEAT, "--price-wei", str(PRICE),
-                      "--no-gpu", "--fault", "lazy"]
+        argv_extra = ["--devnet-home", str(swarm.devnet.home), *HEARTBEAT, "--price-wei", str(PRICE), "--no-gpu"]
         swarm.lazy = await trio.to_thread.run_sync(lambda: start_node(
-            "trainer", victim.home, bootstrap=swarm.bootstrap.addr, extra_args=argv_extra))
+            "trainer", victim.home, bootstrap=swarm.bootstrap.addr, extra_args=argv_extra, fault="lazy"))
         peer, done = await client.next_unit_msg(timeout=150)
         assert peer == victim.peer_id and isinstance(done, UnitDone) and done.unit == 0, done
         onchain = await trio.to_thread.run_sync(client.ledger.unit, job_id_from(job_id), 0, 0)

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from fedswarm.learning.weights import load_weights_bytes, save_weights_bytes, save_weights_file
-from fedswarm.roles.trainer import POISON_SCALE, poison_update
-from fedswarm.roles.trainer_db import TrainerDB, UnitState
+from fedswarm.roles.trainer.records import TrainerDB, UnitState
+from fedswarm.testing.faults import POISON_SCALE, poison_update
 
 
 def test_units_survive_reopen_and_are_not_taken_twice(tmp_path: Path) -> None:

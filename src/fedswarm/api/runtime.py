@@ -6,11 +6,12 @@ scripts, tests and ``fedswarm demo`` can find it without parsing logs.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import trio
 from fastapi import APIRouter
@@ -20,6 +21,9 @@ from fedswarm.config import NODE_INFO_FILE, ConfigError, Settings, read_node_inf
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.messages import Role
+
+if TYPE_CHECKING:
+    from fedswarm.roles.trainer import Trainer
 
 log = logging.getLogger("fedswarm.node")
 # node.json lives in config (the lowest layer) so that roles.launcher can find nodes too.
@@ -44,8 +48,13 @@ def parse_api(api: str) -> tuple[str, int]:
     return host, int(port)
 
 
-async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[str], **role_opts: Any) -> None:
-    """Start the node of ``role`` and serve until cancelled."""
+async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[str], *,
+                   trainer_cls: type[Trainer] | None = None, **role_opts: Any) -> None:
+    """Start the node of ``role`` and serve until cancelled.
+
+    ``trainer_cls`` replaces the trainer's class (the fault-injecting doubles of
+    ``fedswarm.testing`` come in this way).
+    """
     identity = load_identity(home)
     api_host, api_port = parse_api(settings.api)
     token = settings.api_token.get_secret_value() if settings.api_token else None
@@ -53,7 +62,7 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
         raise ConfigError(f"binding the API to {api_host} needs an API token: set FEDSWARM_API_TOKEN")
 
     node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
-    parts = await build_role(role, node, settings, home, role_opts)
+    parts = await build_role(role, node, settings, home, role_opts, trainer_cls=trainer_cls)
     app = create_app(node, token=token, extra_routers=parts.routers,
                      extra_commands=parts.commands, status_extra=parts.status)
     app.state.settings = settings  # routes that read backends (the UI's audit view) follow --devnet-home
@@ -83,7 +92,8 @@ def _node_opts(role: Role, opts: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-async def build_role(role: Role, node: Node, settings: Settings, home: Path, opts: dict[str, Any]) -> RoleParts:
+async def build_role(role: Role, node: Node, settings: Settings, home: Path, opts: dict[str, Any], *,
+                     trainer_cls: type[Trainer] | None = None) -> RoleParts:
     """The role-specific parts; the client and trainer state machines plug in here.
 
     No ``except ImportError``: a role module that fails to import must stop the node at start,
@@ -94,7 +104,42 @@ async def build_role(role: Role, node: Node, settings: Settings, home: Path, opt
 
         return await build_client(node, settings, home, opts)
     if role == Role.TRAINER:
-        from fedswarm.roles.trainer import build_trainer
-
-        return await build_trainer(node, settings, home, opts)
+        return await _trainer_parts(node, settings, home, opts, trainer_cls)
     return RoleParts()
+
+
+async def _trainer_parts(node: Node, settings: Settings, home: Path, opts: dict[str, Any],
+                         trainer_cls: type[Trainer] | None) -> RoleParts:
+    """The trainer's routes, /command verbs, status and background task.
+
+    Without a ledger the node stays on the mesh (presence, capabilities, price) but cannot
+    bid: /status says why.
+    """
+    from fedswarm.roles.trainer import Trainer, open_trainer
+
+    fund = None
+    if settings.is_devnet:
+        from fedswarm.devnet import ensure_funded
+
+        fund = functools.partial(ensure_funded, settings)
+    try:
+        trainer = await open_trainer(node, settings, home, opts, fund_wallet=fund,
+                                     trainer_cls=trainer_cls or Trainer)
+    except ConfigError as exc:
+        reason = str(exc)
+        log.warning("trainer cannot take jobs: %s", reason)
+        return RoleParts(status=lambda: {"trainer": {"jobs_unavailable": reason}})
+    router = APIRouter(prefix="/api/v1/trainer")
+
+    @router.get("/units")
+    async def units() -> dict[str, Any]:
+        return {"units": trainer.units_public()}
+
+    async def cmd_advertize(args: list[Any]) -> dict[str, Any]:
+        return await trainer.advertize()
+
+    async def cmd_units(args: list[Any]) -> dict[str, Any]:
+        return {"status": "ok", "units": trainer.units_public()}
+
+    return RoleParts(routers=[router], commands={"advertize": cmd_advertize, "units": cmd_units},
+                     status=trainer.status, tasks=[trainer.run])

@@ -39,6 +39,12 @@ class NodeProcess:
     def addr(self) -> str:
         return self.info["addrs"][0]
 
+    @property
+    def fault(self) -> str | None:
+        """The fault this node injects (started with ``fault=...``), None for an honest node."""
+        args = [str(a) for a in self.popen.args]  # type: ignore[union-attr]
+        return args[args.index("--fault") + 1] if "--fault" in args else None
+
     def command(self, cmd: str, *args: Any, timeout: float = 10.0) -> dict[str, Any]:
         r = httpx.post(f"{self.api}/command", json={"cmd": cmd, "args": list(args)}, timeout=timeout)
         return r.json()
@@ -57,9 +63,21 @@ class NodeProcess:
                 pass
 
 
-def node_argv(role: str, home: Path, listen: str, api: str, bootstrap: str | None, extra: list[str] | None) -> list[str]:
-    argv = [sys.executable, "-m", "fedswarm.cli", "node", role, "--home", str(home),
-            "--listen", listen, "--api", api]
+# `fedswarm node ROLE ...`, and the same node with a fault-injecting double of its role (the
+# testing layer's entry point: same flags plus --fault). A module name, not an import: roles
+# know nothing of the doubles.
+NODE_ENTRY = ("-m", "fedswarm.cli", "node")
+FAULTY_NODE_ENTRY = ("-m", "fedswarm.testing.node")
+
+
+def node_argv(role: str, home: Path, listen: str, api: str, bootstrap: str | None, extra: list[str] | None,
+              *, fault: str | None = None) -> list[str]:
+    """The command line of a node process; with ``fault`` it runs the faulty double of ``role``."""
+    if fault is None:
+        argv = [sys.executable, *NODE_ENTRY, role]
+    else:
+        argv = [sys.executable, *FAULTY_NODE_ENTRY, role, "--fault", fault]
+    argv += ["--home", str(home), "--listen", listen, "--api", api]
     if bootstrap:
         argv += ["--bootstrap", bootstrap]
     return argv + list(extra or [])
@@ -74,15 +92,20 @@ def spawn_node(
     bootstrap: str | None = None,
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
+    fault: str | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
-    """Spawn ``fedswarm node ROLE`` without waiting; pair with :func:`wait_ready`."""
+    """Spawn ``fedswarm node ROLE`` without waiting; pair with :func:`wait_ready`.
+
+    ``fault`` (``poison``, ``lazy`` for a trainer; ``never-settle`` for a client) starts the
+    node through ``python -m fedswarm.testing.node`` with that fault-injecting double instead.
+    """
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
     (home / NODE_INFO_FILE).unlink(missing_ok=True)
     log_path = home / "node.log"
     logf = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    popen = subprocess.Popen(node_argv(role, home, listen, api, bootstrap, extra_args),
+    popen = subprocess.Popen(node_argv(role, home, listen, api, bootstrap, extra_args, fault=fault),
                              stdout=logf, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     logf.close()
     return popen, log_path

@@ -1,0 +1,353 @@
+"""One unit of work, from the client's WorkUnit RPC to the UnitDone it gets back.
+
+State machine (states in :class:`~.records.UnitState`, each persisted before the step that
+depends on it, so a SIGKILLed trainer resumes cleanly)::
+
+    WorkUnit RPC ─► ACCEPTED ─► WORKING (download, decrypt, train) ─► UPLOADING (update encrypted,
+    hash stored) ─► COMMITTED (upload + commitUnit) ─► DELIVERED (client acked UnitDone)
+                  └─► FAILED (UnitFailed sent)       restart past the deadline ─► ABANDONED
+
+:meth:`UnitFlow.make_update` is the one step that decides what the trainer hands in (the
+trained weights); fault-injecting test doubles override it (see ``fedswarm.testing``).
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import trio
+
+from fedswarm.crypto import (
+    DecryptionError,
+    decrypt_stream,
+    encrypt_to_box,
+    open_sealed,
+    sha256_bytes,
+)
+from fedswarm.learning.worker import TrainTask
+from fedswarm.ledger.contract import UnitStatus
+from fedswarm.ledger.evm import job_id_from
+from fedswarm.p2p.node import Rejected, RpcError
+from fedswarm.protocol.job import Ack, UnitAccepted, UnitDone, UnitFailed, WorkUnit
+from fedswarm.protocol.messages import WireModel
+from fedswarm.roles.trainer.core import (
+    MIN_UNIT_SECONDS,
+    PERMANENT_RPC_CODES,
+    Key,
+    TrainerCore,
+    UnitError,
+    log,
+    one_line,
+)
+from fedswarm.roles.trainer.records import ACTIVE_STATES, UnitRecord, UnitState
+
+
+@dataclass
+class UnitInputs:
+    """What a unit downloaded and decrypted (plaintext files under the unit's directory)."""
+
+    global_path: Path
+    chunk_paths: list[Path]
+    rows: int
+    chunks_cached: int = 0  # chunks found in the cache, not downloaded
+
+
+@dataclass
+class TrainedUpdate:
+    """The plaintext update a unit hands in (safetensors bytes) and what training reported."""
+
+    data: bytes
+    num_samples: int
+    train_loss: float | None
+    batches: int
+
+
+class UnitFlow(TrainerCore):
+    """Accept, resume and drive units of work: download, train, upload, commit, report."""
+
+    async def _on_work_unit(self, peer: str, wu: WorkUnit, blob: bytes | None) -> tuple[WireModel, bytes | None]:
+        job = self.db.job(wu.job_id)
+        if job is None:
+            raise Rejected(f"unknown job {wu.job_id}: this trainer did not bid on it", code="not_found")
+        if peer != job.client_peer_id:
+            self.stats.bump("units_forbidden")
+            raise Rejected(f"only the client of job {wu.job_id} may assign its units", code="forbidden")
+        if job.state == "finished":
+            raise Rejected(f"job {wu.job_id} is finished")
+        if wu.deadline <= time.time() + MIN_UNIT_SECONDS:
+            raise Rejected(f"deadline of unit {wu.round}/{wu.unit} is too close or passed")
+        key = (wu.job_id, wu.round, wu.unit)
+        if key in self._running:
+            # The same order again from the same client: an RPC retry after a slow answer.
+            # Answer the same way (idempotent) and keep the one unit we are working on.
+            return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
+        if not self.db.add_unit(*key, wu.model_dump(mode="json"), wu.deadline):
+            raise Rejected(f"unit {wu.round}/{wu.unit} of job {wu.job_id} is already held", code="busy")
+        self.stats.bump("units_accepted")
+        self._running.add(key)
+        self._want_worker()
+        self.node.nursery.start_soon(self._run_unit, wu)
+        return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
+
+    def _resume(self) -> None:
+        """After a restart: finish units whose deadline is ahead, abandon the others."""
+        now = time.time()
+        for rec in self.db.units(states=(*ACTIVE_STATES, UnitState.COMMITTED)):
+            wu = WorkUnit.model_validate(rec.work)
+            self._audit(wu.audit_topic, wu.job_id, "restarted", wu.round, wu.unit, was=rec.state.value)
+            if rec.deadline <= now:
+                if rec.state != UnitState.COMMITTED:  # committed ones stay: the claim loop sees them
+                    self.db.set_unit(rec.key, UnitState.ABANDONED, reason="deadline passed while the trainer was down")
+                    self._audit(wu.audit_topic, wu.job_id, "abandoned", wu.round, wu.unit)
+                    self._cleanup(rec.key)
+                continue
+            log.info("resuming unit %s/%s of job %s from %s", wu.round, wu.unit, wu.job_id, rec.state.value)
+            self._running.add(rec.key)
+            self._want_worker()
+            self.node.nursery.start_soon(self._run_unit, wu)
+
+    def _unit_dir(self, key: Key) -> Path:
+        return self.workdir / "units" / f"{key[0]}-r{key[1]}-u{key[2]}"
+
+    def _cleanup(self, key: Key) -> None:
+        shutil.rmtree(self._unit_dir(key), ignore_errors=True)
+
+    async def _run_unit(self, wu: WorkUnit) -> None:
+        """Drive one unit from its persisted state to DELIVERED or FAILED. Never raises."""
+        key: Key = (wu.job_id, wu.round, wu.unit)
+        t0 = time.monotonic()
+        try:
+            rec = self._rec(key)
+            if rec.state in (UnitState.ACCEPTED, UnitState.WORKING):
+                await self._produce_update(wu)
+                rec = self._rec(key)
+            if rec.state == UnitState.UPLOADING:
+                await self._upload_and_commit(wu, rec)
+                rec = self._rec(key)
+            if rec.state == UnitState.COMMITTED:
+                await self._deliver(wu, rec, time.monotonic() - t0)
+        except Exception as exc:
+            reason = one_line(exc)
+            log.warning("unit %s/%s of job %s failed: %s", wu.round, wu.unit, wu.job_id, reason)
+            self.db.set_unit(key, UnitState.FAILED, reason=reason)
+            self._audit(wu.audit_topic, wu.job_id, "error", wu.round, wu.unit, reason=reason)
+            self.stats.bump("units_failed")
+            self._cleanup(key)
+            await self._send_failed(wu, reason)
+        finally:
+            self._running.discard(key)
+            self._worker_used_at = time.monotonic()
+
+    def _rec(self, key: Key) -> UnitRecord:
+        rec = self.db.unit(*key)
+        if rec is None:
+            raise UnitError("unit vanished from the trainer database")
+        return rec
+
+    async def _produce_update(self, wu: WorkUnit) -> None:
+        key: Key = (wu.job_id, wu.round, wu.unit)
+        self.db.set_unit(key, UnitState.WORKING)
+        udir = self._unit_dir(key)
+        shutil.rmtree(udir, ignore_errors=True)
+        udir.mkdir(parents=True)
+        total = wu.deadline - time.time()
+        if total < MIN_UNIT_SECONDS:
+            raise UnitError("deadline too close to start the unit")
+        # Reserve time for encrypt + upload + commit + notify after training.
+        reserve = max(2.0, min(30.0, 0.15 * total))
+
+        self._audit(wu.audit_topic, wu.job_id, "downloading", wu.round, wu.unit,
+                    chunks=len(wu.chunks), bytes=wu.global_size + sum(c.size for c in wu.chunks))
+        t_dl = time.monotonic()
+        inputs = await trio.to_thread.run_sync(self._download_inputs, wu, udir, 0.5 * total)
+        dl_s = time.monotonic() - t_dl
+        self.stats.bump("chunks_cached", inputs.chunks_cached)
+        self.stats.bump("chunks_downloaded", len(wu.chunks) - inputs.chunks_cached)
+
+        self._audit(wu.audit_topic, wu.job_id, "training", wu.round, wu.unit, rows=inputs.rows,
+                    epochs=wu.epochs, mode=wu.mode, download_s=round(dl_s, 3))
+        t_train = time.monotonic()
+        trained = await self.make_update(wu, inputs, wu.deadline - time.time() - reserve)
+        train_s = time.monotonic() - t_train
+
+        chunk_id = f"update-{wu.round}-{wu.unit}"
+        encrypted = await trio.to_thread.run_sync(encrypt_to_box, trained.data, wu.client_box_public,
+                                                  wu.job_id, chunk_id)
+        if len(encrypted) > wu.put_max_bytes:
+            raise UnitError(f"encrypted update is {len(encrypted)} bytes, over the {wu.put_max_bytes}-byte upload cap")
+        digest = sha256_bytes(encrypted)
+        # Drop the plaintext training data as soon as it is no longer needed.
+        for p in [inputs.global_path, *inputs.chunk_paths]:
+            p.unlink(missing_ok=True)
+        (udir / "update.enc").write_bytes(encrypted)
+        self.db.set_unit(key, UnitState.UPLOADING, update_sha256=digest, update_size=len(encrypted),
+                         num_samples=trained.num_samples, train_loss=trained.train_loss,
+                         seconds=round(train_s, 3))
+        log.info("unit %s/%s of job %s trained: %d samples, %d batches, loss %s in %.2f s",
+                 wu.round, wu.unit, wu.job_id, trained.num_samples, trained.batches, trained.train_loss, train_s)
+
+    async def make_update(self, wu: WorkUnit, inputs: UnitInputs, deadline_s: float) -> TrainedUpdate:
+        """The update this trainer hands in for ``wu``: the global weights trained on the
+        unit's chunks, within ``deadline_s`` seconds. The seam that test doubles override."""
+        return await self._train(wu, inputs, deadline_s)
+
+    def _download_inputs(self, wu: WorkUnit, udir: Path, budget_s: float) -> UnitInputs:
+        """Download and decrypt the global weights and every chunk within one total deadline
+        (runs in a thread)."""
+        from fedswarm.storage.download import Decryption, download
+
+        deadline = time.monotonic() + budget_s
+
+        def left() -> float:
+            rest = deadline - time.monotonic()
+            if rest <= 0:
+                raise UnitError(f"downloads did not finish within {budget_s:.0f} s")
+            return rest
+
+        gkey = open_sealed(_b64(wu.global_sealed_key, "global weights"), self.box_key)
+        gpath = udir / "global.safetensors"
+        download(wu.global_url, gpath, max_bytes=wu.global_size, sha256=wu.global_sha256,
+                 expected_size=wu.global_size, deadline_s=left(),
+                 decrypt=Decryption(wu.job_id, f"global-{wu.round}", key=gkey),
+                 allow_private=self.options.allow_private_urls)
+        paths: list[Path] = []
+        hits = 0
+        for i, ref in enumerate(wu.chunks):
+            ckey = open_sealed(_b64(ref.sealed_key, f"chunk {ref.chunk_id}"), self.box_key)
+            # Our own file names: chunk ids may contain "..", which must not reach a path.
+            dest = udir / f"chunk-{i:05d}.safetensors"
+            # The same slot brings the same chunk every round: it is downloaded once per job.
+            cached, hit = self.chunks.fetch(wu.job_id, str(ref.url), ref.sha256, ref.size, left())
+            hits += hit
+            try:
+                with cached.open("rb") as src, dest.open("wb") as dst:
+                    decrypt_stream(src, dst, wu.job_id, ref.chunk_id, key=ckey)
+            except DecryptionError as exc:
+                self.chunks.discard(wu.job_id, ref.sha256)
+                raise UnitError(f"chunk {ref.chunk_id} does not decrypt with its key: {exc}") from None
+            paths.append(dest)
+        return UnitInputs(gpath, paths, sum(c.rows for c in wu.chunks), hits)
+
+    async def _train(self, wu: WorkUnit, inputs: UnitInputs, deadline_s: float) -> TrainedUpdate:
+        if deadline_s <= 1.0:
+            raise UnitError("no time left to train before the unit deadline")
+        task = TrainTask(model=wu.model, weights_path=str(inputs.global_path),
+                         chunk_paths=[str(p) for p in inputs.chunk_paths], preprocessing=wu.preprocessing,
+                         epochs=wu.epochs, batch_size=wu.batch_size, lr=wu.lr, seed=wu.seed,
+                         fedprox_mu=wu.fedprox_mu, mode=wu.mode)
+        last = [0.0]
+        interval = self.options.progress_interval_s
+
+        def on_progress(batches: int, loss: float) -> None:  # called in the worker's thread
+            now = time.monotonic()
+            if now - last[0] < interval:
+                return
+            last[0] = now
+            trio.from_thread.run_sync(
+                lambda: self._audit(wu.audit_topic, wu.job_id, "progress", wu.round, wu.unit,
+                                    batches=batches, loss=None if loss != loss else round(loss, 6)))
+
+        result = await trio.to_thread.run_sync(self.worker.train, task, deadline_s, on_progress)
+        path = Path(result.update_path)
+        try:
+            update = path.read_bytes()
+        finally:
+            path.unlink(missing_ok=True)
+        return TrainedUpdate(update, result.num_samples, result.train_loss, result.batches)
+
+    async def _upload_and_commit(self, wu: WorkUnit, rec: UnitRecord) -> None:
+        from fedswarm.storage.download import upload_file
+
+        key = rec.key
+        enc_path = self._unit_dir(key) / "update.enc"
+        if rec.update_sha256 is None:
+            raise UnitError("no update hash stored for this unit")
+        chain_job = job_id_from(wu.job_id)
+        onchain = await trio.to_thread.run_sync(self.ledger.unit, chain_job, wu.round, wu.unit)
+        if onchain.status != UnitStatus.NONE:
+            # A commit that landed just before a crash: it is ours if the hash is ours.
+            if onchain.trainer.lower() == self.identity.address.lower() and onchain.update_hash.hex() == rec.update_sha256:
+                self.db.set_unit(key, UnitState.COMMITTED)
+                return
+            raise UnitError(f"unit {wu.round}/{wu.unit} is already committed on chain by {onchain.trainer}")
+        if not enc_path.exists():
+            raise UnitError("the encrypted update was lost before upload")
+        remaining = wu.deadline - time.time()
+        if remaining <= 0:
+            raise UnitError("unit deadline passed before the upload")
+        await trio.to_thread.run_sync(
+            lambda: upload_file(wu.put_url, enc_path, content_type="application/octet-stream",
+                                deadline_s=max(1.0, remaining * 0.7),
+                                allow_private=self.options.allow_private_urls))
+        self._audit(wu.audit_topic, wu.job_id, "uploaded", wu.round, wu.unit, bytes=rec.update_size)
+        receipt = await trio.to_thread.run_sync(
+            self.ledger.commit_unit, chain_job, wu.round, wu.unit, bytes.fromhex(rec.update_sha256),
+            limiter=self._chain_limiter)
+        self.db.set_unit(key, UnitState.COMMITTED, commit_tx=receipt.tx_hash)
+        self._audit(wu.audit_topic, wu.job_id, "committed", wu.round, wu.unit,
+                    sha256=rec.update_sha256, tx=receipt.tx_hash)
+        self.stats.bump("units_committed")
+
+    async def _deliver(self, wu: WorkUnit, rec: UnitRecord, seconds: float) -> None:
+        """Tell the client (UnitDone), retrying until the deadline: it may be restarting and
+        come back on another address, which the directory learns from its heartbeats."""
+        job = self.db.job(wu.job_id)
+        assert job is not None and rec.update_sha256 is not None and rec.update_size is not None
+        done = UnitDone(job_id=wu.job_id, round=wu.round, unit=wu.unit, update_sha256=rec.update_sha256,
+                        update_size=rec.update_size, num_samples=rec.num_samples or 0,
+                        train_loss=rec.train_loss, seconds=max(0.0, rec.seconds or seconds),
+                        commit_tx=(rec.commit_tx or "")[:80])
+        delay = 0.5
+        while True:
+            remaining = wu.deadline - time.time()
+            try:
+                await self.node.request(job.client_peer_id, done, timeout=max(1.0, min(10.0, remaining)),
+                                        expect=(Ack,))
+            except RpcError as exc:
+                if exc.code in PERMANENT_RPC_CODES:
+                    # Committed on chain all the same: the claim loop follows the settlement.
+                    self._audit(wu.audit_topic, wu.job_id, "error", wu.round, wu.unit,
+                                reason=f"client refused UnitDone: {exc}"[:300])
+                    log.warning("client refused UnitDone for %s/%s: %s", wu.round, wu.unit, exc)
+                    self._cleanup(rec.key)
+                    return
+                if time.time() + delay >= wu.deadline:
+                    log.warning("client never acknowledged unit %s/%s of job %s: %s", wu.round,
+                                wu.unit, wu.job_id, exc)
+                    self._cleanup(rec.key)
+                    return
+                await trio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+                continue
+            self.db.set_unit(rec.key, UnitState.DELIVERED)
+            self._audit(wu.audit_topic, wu.job_id, "delivered", wu.round, wu.unit)
+            self.stats.bump("units_delivered")
+            self._cleanup(rec.key)
+            return
+
+    async def _send_failed(self, wu: WorkUnit, reason: str) -> None:
+        job = self.db.job(wu.job_id)
+        if job is None:
+            return
+        msg = UnitFailed(job_id=wu.job_id, round=wu.round, unit=wu.unit, reason=reason[:512])
+        for attempt in range(3):
+            try:
+                await self.node.request(job.client_peer_id, msg, timeout=10.0, expect=(Ack,))
+                return
+            except RpcError as exc:
+                if exc.code in PERMANENT_RPC_CODES or time.time() >= wu.deadline:
+                    return
+                log.debug("UnitFailed to client failed (%s), retrying", exc)
+                await trio.sleep(1.0 * 2**attempt)
+
+
+def _b64(text: str, what: str) -> bytes:
+    try:
+        return base64.b64decode(text, validate=True)
+    except (binascii.Error, ValueError):
+        raise UnitError(f"sealed key of the {what} is not base64") from None
