@@ -1,4 +1,4 @@
-"""Checking trainers' updates before paying for them (DESIGN.md §5.4).
+"""Checking trainers' updates before paying for them (docs/ARCHITECTURE.md §5).
 
 Each check is a pure function returning a :class:`Verdict`; :func:`check_round` runs them over a
 round, cheapest first, and stops at a unit's first rejection. Model code is injected as callables

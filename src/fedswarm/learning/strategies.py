@@ -1,4 +1,4 @@
-"""Aggregation strategies over flat float32 parameter vectors (DESIGN.md §5.3).
+"""Aggregation strategies over flat float32 parameter vectors.
 
 One small interface in the spirit of Flower's ``Strategy``: :class:`Strategy.aggregate` validates
 the round's inputs and hands them to one hook, :meth:`Strategy._aggregate`, that each algorithm

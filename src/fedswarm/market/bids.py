@@ -1,6 +1,6 @@
 """Signed bids: binding a trainer's peer id, wallet address and box key for one job.
 
-DESIGN.md §4: the Noise channel authenticates the peer id, but nothing on libp2p says which EVM
+The Noise channel authenticates the peer id, but nothing on libp2p says which EVM
 address gets paid or which X25519 key the chunk keys are sealed to. The trainer's wallet signs
 (peer id, box key, job id, price) with EIP-191, so a peer cannot claim someone else's address
 (it would be paid for work it never did) or substitute another box key, and the client cannot

@@ -162,7 +162,7 @@ class SelectionPolicy(ABC):
 
 
 class CheapestReputable(SelectionPolicy):
-    """The default policy (DESIGN.md §1 step 3).
+    """The default policy (docs/ARCHITECTURE.md §1 step 3).
 
     A bid qualifies when its price is within the cap, its machine has the RAM (and GPU) the job
     needs and its reputation reaches ``min_reputation``. Qualified bids are ordered by effective

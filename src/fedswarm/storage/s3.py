@@ -1,6 +1,6 @@
 """`S3Store`: Akave O3, AWS S3, MinIO and SeaweedFS through boto3.
 
-Settings that matter for Akave O3 (see ../shared/notes/storage.md): SigV4 (``s3v4``),
+Settings that matter for Akave O3: SigV4 (``s3v4``),
 path-style addressing, region ``akave-network``, and ``when_required`` checksum modes (recent
 boto3 otherwise adds CRC trailers that several S3-compatible servers reject).
 
