@@ -5,9 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+from nacl.public import PrivateKey
 
 from fedswarm.learning.weights import load_weights_bytes, save_weights_bytes, save_weights_file
+from fedswarm.roles.trainer import UnitError
 from fedswarm.roles.trainer.records import TrainerDB, UnitState
+from fedswarm.roles.trainer.unit import _open_key
+from fedswarm.storage.sealed import seal_key_b64
 from fedswarm.testing.faults import POISON_SCALE, poison_update
 
 
@@ -55,3 +60,13 @@ def test_poison_scales_the_delta_and_keeps_the_layout(tmp_path: Path) -> None:
     assert int(out["n"]) == 5
     # the delta is 50x larger (plus noise), far from an honest update
     assert np.abs(out["w"]).mean() > 0.01 * POISON_SCALE / 2
+
+
+def test_a_sealed_key_that_does_not_open_fails_the_unit_with_a_named_reason() -> None:
+    mine, other = PrivateKey.generate(), PrivateKey.generate()
+    key = bytes(range(32))
+    assert _open_key(seal_key_b64(key, mine.public_key), "chunk c1", mine) == key
+    with pytest.raises(UnitError, match=r"not base64 \(global weights\)"):
+        _open_key("not base64!", "global weights", mine)
+    with pytest.raises(UnitError, match=r"chunk c1"):
+        _open_key(seal_key_b64(key, other.public_key), "chunk c1", mine)

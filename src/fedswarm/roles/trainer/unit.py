@@ -13,22 +13,15 @@ trained weights); fault-injecting test doubles override it (see ``fedswarm.testi
 
 from __future__ import annotations
 
-import base64
-import binascii
 import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import trio
+from nacl.public import PrivateKey
 
-from fedswarm.crypto import (
-    DecryptionError,
-    decrypt_stream,
-    encrypt_to_box,
-    open_sealed,
-    sha256_bytes,
-)
+from fedswarm.crypto import encrypt_to_box, sha256_bytes
 from fedswarm.learning.worker import TrainTask
 from fedswarm.ledger.contract import UnitStatus
 from fedswarm.ledger.evm import job_id_from
@@ -45,6 +38,8 @@ from fedswarm.roles.trainer.core import (
     one_line,
 )
 from fedswarm.roles.trainer.records import ACTIVE_STATES, UnitRecord, UnitState
+from fedswarm.storage import sealed
+from fedswarm.storage.sealed import JobObjects, SealedError
 
 
 @dataclass
@@ -175,9 +170,10 @@ class UnitFlow(TrainerCore):
         trained = await self.make_update(wu, inputs, wu.deadline - time.time() - reserve)
         train_s = time.monotonic() - t_train
 
-        chunk_id = f"update-{wu.round}-{wu.unit}"
+        # Sealed to the client under the label its opener expects (the update's object name).
+        label = JobObjects(wu.job_id).update(wu.round, wu.unit).label
         encrypted = await trio.to_thread.run_sync(encrypt_to_box, trained.data, wu.client_box_public,
-                                                  wu.job_id, chunk_id)
+                                                  wu.job_id, label)
         if len(encrypted) > wu.put_max_bytes:
             raise UnitError(f"encrypted update is {len(encrypted)} bytes, over the {wu.put_max_bytes}-byte upload cap")
         digest = sha256_bytes(encrypted)
@@ -198,9 +194,8 @@ class UnitFlow(TrainerCore):
 
     def _download_inputs(self, wu: WorkUnit, udir: Path, budget_s: float) -> UnitInputs:
         """Download and decrypt the global weights and every chunk within one total deadline
-        (runs in a thread)."""
-        from fedswarm.storage.download import Decryption, download
-
+        (runs in a thread). Both open through :mod:`fedswarm.storage.sealed`: the global
+        weights stream from their URL, the chunks from the job's chunk cache."""
         deadline = time.monotonic() + budget_s
 
         def left() -> float:
@@ -209,27 +204,26 @@ class UnitFlow(TrainerCore):
                 raise UnitError(f"downloads did not finish within {budget_s:.0f} s")
             return rest
 
-        gkey = open_sealed(_b64(wu.global_sealed_key, "global weights"), self.box_key)
+        objects = JobObjects(wu.job_id)
+        gkey = _open_key(wu.global_sealed_key, "global weights", self.box_key)
         gpath = udir / "global.safetensors"
-        download(wu.global_url, gpath, max_bytes=wu.global_size, sha256=wu.global_sha256,
-                 expected_size=wu.global_size, deadline_s=left(),
-                 decrypt=Decryption(wu.job_id, f"global-{wu.round}", key=gkey),
-                 allow_private=self.options.allow_private_urls)
+        sealed.open_url(wu.global_url, objects.global_weights(wu.round), sha256=wu.global_sha256,
+                        size=wu.global_size, dest=gpath, key=gkey, deadline_s=left(),
+                        allow_private=self.options.allow_private_urls)
         paths: list[Path] = []
         hits = 0
         for i, ref in enumerate(wu.chunks):
-            ckey = open_sealed(_b64(ref.sealed_key, f"chunk {ref.chunk_id}"), self.box_key)
+            ckey = _open_key(ref.sealed_key, f"chunk {ref.chunk_id}", self.box_key)
             # Our own file names: chunk ids may contain "..", which must not reach a path.
             dest = udir / f"chunk-{i:05d}.safetensors"
             # The same slot brings the same chunk every round: it is downloaded once per job.
             cached, hit = self.chunks.fetch(wu.job_id, str(ref.url), ref.sha256, ref.size, left())
             hits += hit
             try:
-                with cached.open("rb") as src, dest.open("wb") as dst:
-                    decrypt_stream(src, dst, wu.job_id, ref.chunk_id, key=ckey)
-            except DecryptionError as exc:
-                self.chunks.discard(wu.job_id, ref.sha256)
-                raise UnitError(f"chunk {ref.chunk_id} does not decrypt with its key: {exc}") from None
+                sealed.open_file(cached, dest, objects.chunk(ref.chunk_id), key=ckey)
+            except SealedError as exc:
+                self.chunks.discard(wu.job_id, ref.sha256)  # a bad copy must not stay for later rounds
+                raise UnitError(f"chunk {exc}") from None
             paths.append(dest)
         return UnitInputs(gpath, paths, sum(c.rows for c in wu.chunks), hits)
 
@@ -346,8 +340,9 @@ class UnitFlow(TrainerCore):
                 await trio.sleep(1.0 * 2**attempt)
 
 
-def _b64(text: str, what: str) -> bytes:
+def _open_key(text: str, what: str, box_key: PrivateKey) -> bytes:
+    """A chunk key the client sealed to our box key; a UnitError naming ``what`` if it does not open."""
     try:
-        return base64.b64decode(text, validate=True)
-    except (binascii.Error, ValueError):
-        raise UnitError(f"sealed key of the {what} is not base64") from None
+        return sealed.open_key_b64(text, box_key)
+    except SealedError as exc:
+        raise UnitError(f"{exc} ({what})") from None
