@@ -1,8 +1,9 @@
 """`fedswarm ...`: one entry point; each layer registers its own sub-commands.
 
 A layer exposes ``register(subparsers)`` in its ``commands`` module; the command function is
-stored as ``func`` on the parsed namespace and returns an exit code. Benchmarks live in each
-layer's ``bench`` module as ``main(args) -> int`` and are reached as ``fedswarm bench LAYER``.
+stored as ``func`` on the parsed namespace and returns an exit code. Benchmarks live in the
+``fedswarm.bench`` package, one module per layer with ``main(args) -> int``, and are reached as
+``fedswarm bench LAYER``.
 """
 
 from __future__ import annotations
@@ -24,13 +25,14 @@ COMMAND_MODULES = [
     "fedswarm.commands_job",
 ]
 
+# `fedswarm bench NAME` -> the module (in the bench package, above every layer) whose main runs it.
 BENCH_LAYERS = {
-    "p2p": "fedswarm.p2p.bench",
-    "storage": "fedswarm.storage.bench",
-    "ledger": "fedswarm.ledger.bench",
-    "learning": "fedswarm.learning.bench",
-    "job": "fedswarm.roles.bench",
-    "all": "fedswarm.bench_all",
+    "p2p": "fedswarm.bench.p2p",
+    "storage": "fedswarm.bench.storage",
+    "ledger": "fedswarm.bench.ledger",
+    "learning": "fedswarm.bench.learning",
+    "job": "fedswarm.bench.job",
+    "all": "fedswarm.bench.all",
 }
 
 

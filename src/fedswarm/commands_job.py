@@ -249,7 +249,7 @@ def cmd_cancel(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from fedswarm.roles.demo import run_demo
+    from fedswarm.demo import run_demo
 
     report = run_demo(trainers=args.trainers, rounds=args.rounds, dataset=args.dataset, label=args.label,
                       model=args.model, faults=[f for f in args.faults.split(",") if f], strategy=args.strategy,

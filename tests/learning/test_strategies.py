@@ -371,7 +371,7 @@ def test_list_strategies_describes_every_strategy() -> None:
 
 
 def test_bench_strategies_reports_every_strategy() -> None:
-    from fedswarm.learning.strategy_bench import bench_strategies
+    from fedswarm.bench.strategies import bench_strategies
 
     out = bench_strategies(num_clients=4, num_params=5000, repeats=2)
     assert out["bytes"] == 4 * 5000 * 4

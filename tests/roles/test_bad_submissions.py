@@ -9,8 +9,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from fedswarm.demo import bundled_dataset
 from fedswarm.devnet import Devnet
-from fedswarm.roles.demo import bundled_dataset
 from fedswarm.roles.launcher import start_node, start_nodes
 
 pytestmark = pytest.mark.slow

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from fedswarm.roles.demo import run_demo
+from fedswarm.demo import run_demo
 
 pytestmark = pytest.mark.slow
 

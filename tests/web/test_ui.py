@@ -54,8 +54,8 @@ def browser() -> Iterator[Any]:
 @pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Devnet + bootstrap + client + TRAINERS+1 trainers (one standby), like `fedswarm demo`."""
+    from fedswarm.demo import DEFAULT_PRICE, bundled_dataset
     from fedswarm.devnet import Devnet
-    from fedswarm.roles.demo import DEFAULT_PRICE, bundled_dataset
     from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
 
     root = tmp_path_factory.mktemp("ui")

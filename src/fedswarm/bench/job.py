@@ -5,7 +5,7 @@ processes; jobs are submitted through the client's REST API like a user would. P
 mode) the bench reports the steady-state round wall time (rounds >= 1), the framework overhead
 (round wall minus the slowest trainer's reported compute, which includes its download), CPU-seconds
 per round by component (psutil over each process tree), idle and peak memory per trainer, and the
-bytes the store moved per round. The workload is the one of ``shared/notes/benchmarks.md``:
+bytes the store moved per round. The workload is the one of ``docs/BENCHMARKS.md``:
 MLP 64-256-256-10 (85k params) or hidden 2048 (4.35M), synthetic 10-class data labelled by a fixed
 random teacher, 5,000 training samples per trainer, 1 epoch, batch 64, SGD lr 0.05 momentum 0.9.
 

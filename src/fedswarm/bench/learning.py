@@ -1,6 +1,6 @@
 """`fedswarm bench learning`: the worker against a bare PyTorch loop, and aggregation speed.
 
-Workload (../shared/notes/benchmarks.md): MLP 64→256→256→10, 5,000 synthetic samples of a
+Workload (docs/BENCHMARKS.md): MLP 64→256→256→10, 5,000 synthetic samples of a
 fixed random teacher (80% used for training), 1 local epoch, SGD lr 0.05 momentum 0.9, batch
 64, one CPU thread. Measured interleaved (worker, bare, worker, bare, ...) in one run:
 

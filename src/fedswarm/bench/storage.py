@@ -109,7 +109,8 @@ def _crypto(size: int, repeat: int) -> dict[str, float]:
     }
 
 
-def _transfers(work: Path, size: int, repeat: int) -> dict[str, Any]:
+def transfers(work: Path, size: int, repeat: int) -> dict[str, Any]:
+    """GET and PUT of one ``size``-byte object on a local store: ours vs curl, best of ``repeat``."""
     from fedswarm.storage.localstore import LocalStore, start_local_store
 
     curl = shutil.which("curl")
@@ -188,7 +189,7 @@ def main(args: argparse.Namespace) -> int:
     try:
         result = {
             "quick": quick,
-            "transfer": _transfers(work, (32 if quick else 256) * MiB, 2 if quick else 3),
+            "transfer": transfers(work, (32 if quick else 256) * MiB, 2 if quick else 3),
             "crypto": _crypto((64 if quick else 256) * MiB, 2 if quick else 3),
             "chunking": _chunking_rss(work, (64 if quick else 2048) * MiB),
         }

@@ -83,11 +83,12 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             for i in range(trainers + 1):  # one more than needed: the standby
                 extra = [*dn, *hb, "--no-gpu"]
                 price = DEFAULT_PRICE + 1000 * i
+                kw: dict[str, Any] = {"bootstrap": boot.addr}
                 if cheater and i == 0:
-                    extra += ["--fault", cheater]
+                    kw["fault"] = cheater  # the testing layer's faulty trainer
                     price = DEFAULT_PRICE - 1000  # cheapest: it gets picked
                 extra += ["--price-wei", str(price)]
-                specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": extra}))
+                specs.append(("trainer", root / f"trainer{i}", {**kw, "extra_args": extra}))
             started = start_nodes(specs)
         nodes = [boot, *started]
         client = started[0]
@@ -206,7 +207,7 @@ def _victim(job: dict[str, Any], trainers: list[NodeProcess]) -> NodeProcess | N
     """A trainer holding a unit of the current round (not a cheater: they are tested apart)."""
     busy = {u["trainer_peer"] for u in job["units"] if u["round"] == job["current_round"]}
     for t in trainers:
-        if t.peer_id in busy and "--fault" not in t.popen.args:  # type: ignore[operator]
+        if t.peer_id in busy and t.fault is None:
             return t
     return None
 
@@ -216,7 +217,7 @@ def _observe_faults(job: dict[str, Any], faults: list[str], trainers: list[NodeP
     """Say what the system did about each injected fault (from the job's own records)."""
     observed = report["faults"]["observed"]
     rejected = [u for u in job["units"] if u["verdict"] == "rejected"]
-    cheaters = [t for t in trainers if "--fault" in t.popen.args]  # type: ignore[operator]
+    cheaters = [t for t in trainers if t.fault is not None]
     for t in cheaters:
         mine = [u for u in rejected if u["trainer_peer"] == t.peer_id]
         paid = next((x["paid_wei"] for x in report["trainers"] if x["peer_id"] == t.peer_id), 0)

@@ -1,11 +1,10 @@
 """`fedswarm bench ledger`: transactions/s and latency to receipt on anvil, through our Ledger
 client and through a minimal raw web3.py loop in the same run, plus the audit-log numbers
-(``fedswarm.ledger.audit_bench.run``) when that module is present."""
+(:func:`fedswarm.bench.audit.run`)."""
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import logging
 import os
@@ -17,6 +16,8 @@ from typing import Any
 
 from eth_account import Account
 from web3 import Web3
+
+from fedswarm.bench import audit
 
 
 def _summary(latencies: list[float], wall: float) -> dict[str, float]:
@@ -91,12 +92,7 @@ def run(quick: bool = False, workdir: Path | None = None) -> dict[str, Any]:
         finally:
             proc.terminate()
             proc.wait(10)
-    try:
-        audit = importlib.import_module("fedswarm.ledger.audit_bench")
-    except ModuleNotFoundError:
-        out["audit"] = None
-    else:
-        out["audit"] = audit.run(quick)
+    out["audit"] = audit.run(quick)
     return out
 
 
