@@ -43,9 +43,9 @@ async def test_rpc_round_trip_and_32mib_blob(tmp_path, swarm: Swarm) -> None:
         assert isinstance(reply, BlobDigest)
         assert reply.size == len(payload) and reply.sha256 == hashlib.sha256(payload).hexdigest()
 
-        # and a 32 MiB payload streamed back to us
-        reply, blob = await node.request(target, Ping(nonce=1, payload_bytes=32 << 20), timeout=120)
-        assert blob is not None and len(blob) == 32 << 20
+        # and the 32 MiB payload streamed back to us (a reply as large as its request)
+        reply, blob = await node.request(target, EchoBlob(size=len(payload), echo=True), payload, timeout=120)
+        assert blob == payload
         nursery.cancel_scope.cancel()
 
 

@@ -1,7 +1,7 @@
 """The hardened node runtime: one libp2p host, gossipsub, RPC and liveness on one trio loop.
 
 Everything else in fedswarm talks to the network through :class:`Node`, never through raw
-py-libp2p calls, because the library has sharp edges (see ``shared/notes/libp2p.md``):
+py-libp2p calls, because the library has sharp edges:
 
 - an exception escaping a stream handler kills the process, so every handler catches all;
 - ``publish()`` never blocks and drops silently when a 32-entry peer queue is full, so
@@ -27,7 +27,10 @@ import trio
 
 from fedswarm.identity import Identity
 from fedswarm.p2p.directory import Directory, keeps_link
-from fedswarm.p2p.framing import FrameError, FrameReader, write_message
+from fedswarm.p2p.framing import FrameError, FrameReader, OversizeError, write_message
+from fedswarm.p2p.gate import Gate, resource_manager
+from fedswarm.p2p.limits import LimitsConfig, PeerLimits
+from fedswarm.protocol.decode import MAX_GOSSIP_MESSAGE
 from fedswarm.protocol.messages import (
     BlobDigest,
     Capabilities,
@@ -49,7 +52,8 @@ from fedswarm.protocol.topics import DIRECTORY_TOPIC, MARKET_TOPIC, PRESENCE_TOP
 
 log = logging.getLogger("fedswarm.p2p")
 
-MAX_PUBSUB_MESSAGE = 512 * 1024  # gossipsub silently drops > 1 MiB; keep well under
+MAX_PUBSUB_MESSAGE = MAX_GOSSIP_MESSAGE  # gossipsub silently drops > 1 MiB; keep well under
+BLOB_MIN_RATE = 1 << 20  # bytes/s a request blob must at least arrive at (slow senders are cut)
 RpcHandler = Callable[[str, Any, bytes | None], Awaitable[tuple[WireModel, bytes | None]]]
 TopicHandler = Callable[[str, Any], Awaitable[None]]
 TopicValidator = Callable[[str, WireModel], bool]
@@ -114,6 +118,7 @@ class Node:
         capabilities: Capabilities | None = None,
         price_wei: int | None = None,
         hears_presence: bool | None = None,
+        limits: LimitsConfig | None = None,
     ) -> None:
         self.identity = identity
         # Who keeps a first-hand directory (every heartbeat): the bootstrap, which summarizes
@@ -128,6 +133,9 @@ class Node:
                 self.bootstrap_ids.add(multiaddr.Multiaddr(addr).value_for_protocol("p2p"))
             except Exception:
                 raise ValueError(f"bootstrap address {addr!r} must end in /p2p/<peer id>") from None
+        # Hostile input: per-peer caps, strikes and bans (the bootstraps are never banned).
+        self.limits = PeerLimits(limits, exempt=self.bootstrap_ids)
+        self.gate = Gate(self.limits, identity.peer_id, max_gossip=MAX_PUBSUB_MESSAGE)
         self.heartbeat_interval = heartbeat_interval
         self.rpc_timeout = rpc_timeout
         self.capabilities = capabilities
@@ -182,6 +190,7 @@ class Node:
             sec_opt=sec_opt,
             muxer_opt=create_yamux_muxer_option(),
             listen_addrs=[multiaddr.Multiaddr(self.listen)],
+            resource_manager=resource_manager(),
         )
         gossipsub = GossipSub(
             # 1.1/1.0 only: 1.2's IDONTWANT doubles per-message CPU and fills the same queues.
@@ -224,6 +233,7 @@ class Node:
             trio.open_nursery() as nursery,
         ):
             self._nursery = nursery
+            self.gate.attach(self.host, self.pubsub, nursery)
             await self.pubsub.wait_until_ready()
             await self.subscribe(MARKET_TOPIC, self._on_market, self._validate_market)
             if self.hears_presence:
@@ -261,39 +271,75 @@ class Node:
     async def _handle_rpc_stream(self, stream: Any) -> None:
         # Nothing may escape this function: an exception here kills the process (notes, item 1).
         peer = "?"
+        admitted = False
         try:
             peer = stream.muxed_conn.peer_id.to_base58()
-            reader = FrameReader(stream, self.rpc_timeout)
-            try:
-                msg, blob = await reader.read_message()
-            except WireError as exc:
-                self.stats["rpc_bad_request"] += 1
-                await self._reply(stream, ErrorReply(code="bad_request", message=str(exc)[:1000]))
+            refusal = self.limits.open_stream(peer)
+            if refusal == "banned":
+                await self._reset(stream)
                 return
-            handler = self._rpc_handlers.get(type(msg))
-            if handler is None:
-                self.stats["rpc_unknown_type"] += 1
-                reply: WireModel = ErrorReply(code="unknown_type", message=f"no handler for {msg.TYPE}")
-                rblob = None
-            else:
-                try:
-                    reply, rblob = await handler(peer, msg, blob)
-                except Rejected as exc:
-                    reply, rblob = ErrorReply(code=exc.code, message=str(exc)[:1000]), None  # type: ignore[arg-type]
-                except Exception:
-                    log.exception("RPC handler for %s from %s failed", msg.TYPE, peer)
-                    self.stats["rpc_handler_error"] += 1
-                    reply, rblob = ErrorReply(code="internal", message="handler failed"), None
-            self.stats["rpc_served"] += 1
-            await self._reply(stream, reply, rblob)
+            if refusal is not None:
+                await self._reply(stream, ErrorReply(code="busy", message=f"too many requests from you ({refusal})"))
+                return
+            admitted = True
+            await self._serve_rpc(peer, stream)
+        except OversizeError as exc:
+            self.gate.strike(peer, "rpc_oversize")
+            log.debug("oversized RPC from %s: %s", peer, exc)
+            await self._reply(stream, ErrorReply(code="too_large", message=str(exc)[:1000]))
+        except WireError as exc:
+            self.gate.strike(peer, "rpc_bad_request")
+            await self._reply(stream, ErrorReply(code="bad_request", message=str(exc)[:1000]))
         except FrameError as exc:
-            self.stats["rpc_bad_frame"] += 1
+            self.gate.strike(peer, "rpc_bad_frame")
             log.debug("bad RPC frame from %s: %s", peer, exc)
             await self._reset(stream)
         except Exception as exc:  # timeouts, resets, anything a hostile peer can cause
             self.stats["rpc_stream_error"] += 1
             log.debug("RPC stream from %s failed: %r", peer, exc)
             await self._reset(stream)
+        finally:
+            if admitted:
+                self.limits.close_stream(peer)
+
+    async def _serve_rpc(self, peer: str, stream: Any) -> None:
+        """Read one request within its type's caps, run its handler, answer. A reply's blob is
+        never larger than the request's (no amplification)."""
+        reader = FrameReader(stream, self.rpc_timeout)
+        with trio.fail_after(self.rpc_timeout):
+            msg, blob_size = await reader.read_envelope()
+        handler = self._rpc_handlers.get(type(msg))
+        if handler is None:
+            self.gate.strike(peer, "rpc_unknown_type")
+            await self._reply(stream, ErrorReply(code="unknown_type", message=f"no handler for {msg.TYPE}"))
+            return
+        reserved = blob_size or 0
+        if reserved and not self.limits.reserve_blob(reserved):
+            await self._reply(stream, ErrorReply(code="busy", message="too many large requests at once; retry later"))
+            return
+        try:
+            blob = None
+            if blob_size is not None:
+                with trio.fail_after(self.rpc_timeout + blob_size / BLOB_MIN_RATE):
+                    blob = await reader.read_blob(blob_size)
+            try:
+                reply, rblob = await handler(peer, msg, blob)
+            except Rejected as exc:
+                reply, rblob = ErrorReply(code=exc.code, message=str(exc)[:1000]), None  # type: ignore[arg-type]
+            except Exception:
+                log.exception("RPC handler for %s from %s failed", msg.TYPE, peer)
+                self.stats["rpc_handler_error"] += 1
+                reply, rblob = ErrorReply(code="internal", message="handler failed"), None
+            if rblob is not None and len(rblob) > len(blob or b""):
+                self.limits.counters["rpc_reply_too_large"] += 1
+                log.error("RPC handler for %s built a %d-byte reply blob for a %d-byte request: refused",
+                          msg.TYPE, len(rblob), len(blob or b""))
+                reply, rblob = ErrorReply(code="internal", message="reply larger than the request"), None
+            self.stats["rpc_served"] += 1
+            await self._reply(stream, reply, rblob)
+        finally:
+            if reserved:
+                self.limits.release_blob(reserved)
 
     async def _reply(self, stream: Any, msg: WireModel, blob: bytes | None = None) -> None:
         try:
@@ -395,8 +441,7 @@ class Node:
             self.host.get_peerstore().add_addrs(ID.from_base58(peer_id), maddrs, 3600)
 
     async def _handle_ping(self, peer: str, msg: Ping, blob: bytes | None) -> tuple[WireModel, bytes | None]:
-        payload = bytes(msg.payload_bytes) if msg.payload_bytes else None
-        return Pong(nonce=msg.nonce, role=self.role), payload
+        return Pong(nonce=msg.nonce, role=self.role), None
 
     async def _handle_echo_blob(self, peer: str, msg: EchoBlob, blob: bytes | None) -> tuple[WireModel, bytes | None]:
         import hashlib
@@ -404,7 +449,8 @@ class Node:
         data = blob or b""
         if len(data) != msg.size:
             raise Rejected(f"declared {msg.size} bytes, received {len(data)}", code="bad_request")
-        return BlobDigest(size=len(data), sha256=hashlib.sha256(data).hexdigest()), None
+        digest = BlobDigest(size=len(data), sha256=hashlib.sha256(data).hexdigest())
+        return digest, (data if msg.echo else None)
 
     async def _handle_mesh_request(self, peer: str, msg: MeshRequest, blob: bytes | None) -> tuple[WireModel, bytes | None]:
         return self.mesh_summary(), None
@@ -420,6 +466,9 @@ class Node:
             self._topic_validators[topic] = validator
         if topic in self.pubsub.topic_ids:
             return
+        # Validated before delivery and before relay (garbage is not forwarded to anyone).
+        self.pubsub.set_topic_validator(
+            topic, self.gate.pubsub_validator(topic, lambda: self._topic_validators.get(topic)), False)
         sub = await self.pubsub.subscribe(topic)
         self.nursery.start_soon(self._drain, topic, sub)
 
@@ -428,6 +477,7 @@ class Node:
         self._topic_validators.pop(topic, None)
         if topic in self.pubsub.topic_ids:
             await self.pubsub.unsubscribe(topic)
+            self.pubsub.remove_topic_validator(topic)
 
     @property
     def topics(self) -> list[str]:
@@ -452,15 +502,17 @@ class Node:
                 sender = ID(raw.from_id).to_base58()
                 if sender == self.peer_id:
                     continue
-                try:
-                    msg = decode(raw.data)
-                except WireError:
-                    self.stats["pubsub_invalid"] += 1
-                    continue
-                validator = self._topic_validators.get(topic)
-                if validator is not None and not validator(sender, msg):
-                    self.stats["pubsub_invalid"] += 1
-                    continue
+                msg = self.gate.take_decoded(raw.from_id, raw.seqno, topic)
+                if msg is None:  # validated, but no longer kept: decode again (bounded)
+                    try:
+                        msg = decode(raw.data, max_bytes=MAX_PUBSUB_MESSAGE)
+                    except WireError:
+                        self.stats["pubsub_invalid"] += 1
+                        continue
+                    validator = self._topic_validators.get(topic)
+                    if validator is not None and not validator(sender, msg):
+                        self.stats["pubsub_invalid"] += 1
+                        continue
                 self.stats["pubsub_received"] += 1
                 for handler in list(self._topic_handlers.get(topic, [])):
                     await handler(sender, msg)
@@ -617,6 +669,11 @@ class Node:
             return self.last_summary
         return self.mesh_summary()
 
+    def limits_status(self) -> dict[str, object]:
+        """Hostile-input counters (invalid frames, oversize, bans, dropped gossip), current bans
+        and the caps in force: the ``limits`` part of ``/status``."""
+        return self.limits.status()
+
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self.host.get_connected_peers()] if self.host else []
 
@@ -693,6 +750,8 @@ class Node:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
 
+        if self.limits.is_banned(peer_id):
+            return
         try:
             pid = ID.from_base58(peer_id)
             maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]

@@ -158,13 +158,15 @@ class Chat(WireModel):
 
 @message("ping")
 class Ping(WireModel):
-    nonce: int = 0
-    payload_bytes: int = Field(default=0, ge=0, le=256 << 20)  # ask for a streamed blob back
+    """Liveness and latency probe. Its answer is a small :class:`Pong`, never a blob: a reply
+    is never larger than its request warrants (a blob back needs :class:`EchoBlob`)."""
+
+    nonce: int = Field(default=0, ge=-(1 << 63), lt=1 << 63)
 
 
 @message("pong")
 class Pong(WireModel):
-    nonce: int = 0
+    nonce: int = Field(default=0, ge=-(1 << 63), lt=1 << 63)
     role: Role
 
 
@@ -175,9 +177,11 @@ class MeshRequest(WireModel):
 
 @message("echo_blob")
 class EchoBlob(WireModel):
-    """Send a streamed blob and get its sha256 and size back (tests and benchmarks)."""
+    """Send a streamed blob and get its sha256 and size back, and with ``echo`` the blob
+    itself (tests and benchmarks: the reply is as large as the request, never larger)."""
 
     size: int = Field(ge=0, le=1 << 31)
+    echo: bool = False
 
 
 @message("blob_digest")
