@@ -38,3 +38,31 @@ def test_non_loopback_bind_without_token_refused(tmp_path):
                          capture_output=True, text=True, timeout=60, env={"PATH": "/usr/bin:/bin", "HOME": str(tmp_path)})
     assert out.returncode == 2
     assert "needs an API token" in out.stderr
+
+
+def test_roles_without_backends_say_why(tmp_path):
+    # No devnet at --devnet-home: the roles cannot fund a wallet or reach a ledger. The nodes
+    # still serve the mesh; the client answers every job route with 503 and the reason, and
+    # both say it in /status.
+    empty = tmp_path / "no-devnet"
+    empty.mkdir()
+    boot = start_node("bootstrap", tmp_path / "b")
+    nodes = [boot]
+    try:
+        client = start_node("client", tmp_path / "c", bootstrap=boot.addr,
+                            extra_args=["--devnet-home", str(empty)])
+        nodes.append(client)
+        trainer = start_node("trainer", tmp_path / "t", bootstrap=boot.addr,
+                             extra_args=["--devnet-home", str(empty), "--no-gpu"])
+        nodes.append(trainer)
+        for path in ("/api/v1/jobs", "/api/v1/jobs/job-0123456789ab"):
+            r = httpx.get(f"{client.api}{path}", timeout=5)
+            assert r.status_code == 503, r.text
+            assert r.json()["error"].startswith("this client node cannot run jobs: no devnet found at")
+        status = httpx.get(f"{client.api}/status", timeout=5).json()
+        assert status["status"] == "running" and "no devnet found" in status["jobs_unavailable"]
+        status = httpx.get(f"{trainer.api}/status", timeout=5).json()
+        assert "no devnet found" in status["trainer"]["jobs_unavailable"]
+    finally:
+        for node in reversed(nodes):
+            node.stop()

@@ -12,6 +12,7 @@ import ipaddress
 import secrets
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import APIRouter, FastAPI, Request
@@ -24,6 +25,18 @@ from fedswarm.p2p.node import Node
 from fedswarm.protocol.messages import Chat, WireModel, decode
 
 CommandFn = Callable[[list[Any]], Awaitable[dict[str, Any]]]
+StatusFn = Callable[[], dict[str, Any]]
+
+
+@dataclass
+class RoleParts:
+    """What a role adds to the plain node: API routes, /command verbs, ``/status`` fields and
+    background tasks (async callables started in the node's nursery once it listens)."""
+
+    routers: list[APIRouter] = field(default_factory=list)
+    commands: dict[str, CommandFn] = field(default_factory=dict)
+    status: StatusFn | None = None
+    tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
 
 
 class CommandBody(BaseModel):
@@ -54,7 +67,7 @@ def create_app(
     token: str | None = None,
     extra_routers: list[APIRouter] | None = None,
     extra_commands: dict[str, CommandFn] | None = None,
-    status_extra: Callable[[], dict[str, Any]] | None = None,
+    status_extra: StatusFn | None = None,
 ) -> FastAPI:
     """Build the ASGI app for ``node``."""
     app = FastAPI(title="fedswarm node API", version=__version__)

@@ -1,5 +1,9 @@
 """The client node's job API: REST under ``/api/v1/jobs`` (+ quote, examples, node info), the
-seed's ``/command`` verbs ``train`` and ``advertize``, and server-sent events for live views."""
+seed's ``/command`` verbs ``train`` and ``advertize``, and server-sent events for live views.
+
+Built from the client role's own methods; the role's domain errors become HTTP answers here
+(:class:`SubmitError` 400, :class:`JobNotFound` 404, an ended job 400, a stored result that is
+not the recorded one 502). A client whose backends are missing gets :func:`jobs_unavailable`."""
 
 from __future__ import annotations
 
@@ -16,11 +20,19 @@ from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from fedswarm import crypto
-from fedswarm.api.app import ApiError
-from fedswarm.api.runtime import RoleParts
+from fedswarm.api.app import ApiError, RoleParts
 from fedswarm.examples import example_specs
-from fedswarm.roles.client import ClientRole, SubmitError, in_thread
-from fedswarm.roles.client_db import TERMINAL, JobRecord, JobTerms
+from fedswarm.p2p.node import Rejected
+from fedswarm.roles.client import (
+    TERMINAL,
+    ClientRole,
+    JobNotFound,
+    JobRecord,
+    JobTerms,
+    SubmitError,
+    in_thread,
+)
+from fedswarm.storage.sealed import SealedError
 
 MAX_UPLOAD = 2 << 30
 
@@ -94,10 +106,10 @@ def job_parts(role: ClientRole) -> RoleParts:
     uploads = role.home / "uploads"
 
     def get_job(job_id: str) -> JobRecord:
-        job = role.db.get_job(job_id)
-        if job is None:
-            raise ApiError(f"no job {job_id}", 404)
-        return job
+        try:
+            return role.job(job_id)
+        except JobNotFound as exc:
+            raise ApiError(str(exc), 404) from None
 
     async def save_upload(upload: UploadFile, dest_dir: Path) -> Path:
         name = Path(upload.filename or "upload.bin").name[:128] or "upload.bin"
@@ -157,9 +169,9 @@ def job_parts(role: ClientRole) -> RoleParts:
         get_job(job_id)
         try:
             job = role.request_cancel(job_id)
-        except Exception as exc:
+        except Rejected as exc:  # the job already ended
             raise ApiError(str(exc)) from None
-        if job_id not in role._running:  # nothing drives it (e.g. failed to start): cancel now
+        if not role.is_running(job_id):  # nothing drives it (e.g. failed to start): cancel now
             role.start(job_id)
         return {"status": "ok", "job_id": job_id, "state": job.state}
 
@@ -191,7 +203,10 @@ def job_parts(role: ClientRole) -> RoleParts:
         job = get_job(job_id)
         if job.state != "done" or not job.result_key:
             raise ApiError(f"job {job_id} has no result yet (state {job.state})", 409)
-        data = await in_thread(fetch_result, role, job)
+        try:
+            data = await in_thread(role.fetch_result, job)
+        except SealedError as exc:
+            raise ApiError(f"the stored result is not the recorded one: {exc}", 502) from None
         return Response(data, media_type="application/octet-stream",
                         headers={"Content-Disposition": f'attachment; filename="{job_id}.safetensors"',
                                  "X-Result-Sha256": job.result_sha256 or "",
@@ -273,18 +288,6 @@ def job_parts(role: ClientRole) -> RoleParts:
                      status=status, tasks=[resume])
 
 
-def fetch_result(role: ClientRole, job: JobRecord) -> bytes:
-    """Download the encrypted result, check its hash and decrypt it with this node's key."""
-    import io
-
-    buf = io.BytesIO()
-    role.store.get(job.result_key, buf)
-    data = buf.getvalue()
-    if crypto.sha256_bytes(data) != job.result_sha256:
-        raise ApiError("the stored result does not match its recorded hash", 502)
-    return crypto.decrypt_from_box(data, role.identity.box_key, job.job_id, "result")
-
-
 def make_quote(role: ClientRole, terms: JobTerms) -> dict[str, Any]:
     """An estimate before paying, from the asking prices trainers announce in their heartbeats
     (the real selection uses signed bids: the price can only be lower or equal)."""
@@ -303,3 +306,16 @@ def make_quote(role: ClientRole, terms: JobTerms) -> dict[str, Any]:
     return {"ok": ok, "reason": reason, "total_wei": total,
             "trainers": [{"peer_id": r.peer_id, "price_wei": r.price_wei, "standby": False} for r in chosen]
             + [{"peer_id": r.peer_id, "price_wei": r.price_wei, "standby": True} for r in standby]}
+
+
+def jobs_unavailable(reason: str) -> RoleParts:
+    """A client node whose store or ledger is missing still serves the mesh and the UI; every
+    job route answers 503 with ``reason`` and ``/status`` says it too."""
+    router = APIRouter(prefix="/api/v1")
+
+    @router.api_route("/jobs", methods=["GET", "POST"])
+    @router.api_route("/jobs/{rest:path}", methods=["GET", "POST"])
+    async def no_jobs(rest: str = "") -> None:
+        raise ApiError(f"this client node cannot run jobs: {reason}", 503)
+
+    return RoleParts(routers=[router], status=lambda: {"jobs_unavailable": reason})

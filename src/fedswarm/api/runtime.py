@@ -1,58 +1,72 @@
 """Run one node process: identity, the libp2p node, its role and its HTTP API in one trio loop.
 
 When the node is up it writes ``HOME/node.json`` (peer id, multiaddrs, API URL, pid) so that
-scripts, tests and ``fedswarm demo`` can find it without parsing logs.
+scripts, tests and ``fedswarm demo`` can find it without parsing logs. The role is built here
+from the roles layer (``open_client``, ``open_trainer``) and given its HTTP parts from
+:mod:`.jobs` and :mod:`.trainer`; the roles know nothing of HTTP or of the devnet.
 """
 
 from __future__ import annotations
 
-import functools
 import logging
 import os
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import trio
-from fastapi import APIRouter
 
-from fedswarm.api.app import CommandFn, create_app, is_loopback, serve_api
+from fedswarm.api.app import RoleParts, create_app, is_loopback, serve_api
 from fedswarm.config import NODE_INFO_FILE, ConfigError, Settings, read_node_info, write_node_info
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.messages import Role
 
 if TYPE_CHECKING:
+    from fedswarm.roles.client import ClientRole
     from fedswarm.roles.trainer import Trainer
 
 log = logging.getLogger("fedswarm.node")
 # node.json lives in config (the lowest layer) so that roles.launcher can find nodes too.
-__all__ = ["NODE_INFO_FILE", "RoleParts", "build_role", "parse_api", "read_node_info", "run_node",
-           "write_node_info"]
+__all__ = ["NODE_INFO_FILE", "RoleParts", "build_role", "devnet_funding", "parse_api", "read_node_info",
+           "run_node", "write_node_info"]
 
+# A client escrows whole jobs from its wallet, so the devnet faucet gives it more than the
+# default balance a trainer (which only pays gas) is topped up to.
+CLIENT_DEVNET_WEI = 50 * 10**18
 
-@dataclass
-class RoleParts:
-    """What a role adds to the plain node: API routes, /command verbs, background tasks."""
-
-    routers: list[APIRouter] = field(default_factory=list)
-    commands: dict[str, CommandFn] = field(default_factory=dict)
-    status: Any = None
-    tasks: list[Any] = field(default_factory=list)  # async callables started in the node nursery
+FundWallet = Callable[[str], None]
 
 
 def parse_api(api: str) -> tuple[str, int]:
+    """``HOST:PORT`` of ``--api``; a one-line ConfigError otherwise."""
     host, _, port = api.rpartition(":")
     if not host or not port.isdigit():
         raise ConfigError(f"--api must be HOST:PORT, got {api!r}")
     return host, int(port)
 
 
+def devnet_funding(settings: Settings, min_wei: int | None = None) -> FundWallet | None:
+    """The wallet-funding hook handed to a role: the devnet faucet on the devnet (topping the
+    wallet up to ``min_wei``, or to the faucet's default), nothing on a real network."""
+    if not settings.is_devnet:
+        return None
+    from fedswarm.devnet import DEV_MIN_BALANCE_WEI, ensure_funded
+
+    floor = DEV_MIN_BALANCE_WEI if min_wei is None else min_wei
+
+    def fund(address: str) -> None:
+        ensure_funded(settings, address, floor)
+
+    return fund
+
+
 async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[str], *,
-                   trainer_cls: type[Trainer] | None = None, **role_opts: Any) -> None:
+                   client_cls: type[ClientRole] | None = None, trainer_cls: type[Trainer] | None = None,
+                   **role_opts: Any) -> None:
     """Start the node of ``role`` and serve until cancelled.
 
-    ``trainer_cls`` replaces the trainer's class (the fault-injecting doubles of
+    ``client_cls`` / ``trainer_cls`` replace the role's class (the fault-injecting doubles of
     ``fedswarm.testing`` come in this way).
     """
     identity = load_identity(home)
@@ -62,7 +76,8 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
         raise ConfigError(f"binding the API to {api_host} needs an API token: set FEDSWARM_API_TOKEN")
 
     node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
-    parts = await build_role(role, node, settings, home, role_opts, trainer_cls=trainer_cls)
+    parts = await build_role(role, node, settings, home, role_opts, client_cls=client_cls,
+                             trainer_cls=trainer_cls)
     app = create_app(node, token=token, extra_routers=parts.routers,
                      extra_commands=parts.commands, status_extra=parts.status)
     app.state.settings = settings  # routes that read backends (the UI's audit view) follow --devnet-home
@@ -93,53 +108,45 @@ def _node_opts(role: Role, opts: dict[str, Any]) -> dict[str, Any]:
 
 
 async def build_role(role: Role, node: Node, settings: Settings, home: Path, opts: dict[str, Any], *,
+                     client_cls: type[ClientRole] | None = None,
                      trainer_cls: type[Trainer] | None = None) -> RoleParts:
-    """The role-specific parts; the client and trainer state machines plug in here.
+    """The role-specific parts of the node.
 
-    No ``except ImportError``: a role module that fails to import must stop the node at start,
-    not leave a node that silently has no jobs.
+    A role that cannot reach its backends (no store or ledger: a ConfigError) leaves a node that
+    still serves the mesh and says why. No ``except ImportError``: a role module that fails to
+    import must stop the node at start, not leave a node that silently has no jobs.
     """
     if role == Role.CLIENT:
-        from fedswarm.roles.client import build_client
-
-        return await build_client(node, settings, home, opts)
+        return await _client_parts(node, settings, home, opts, client_cls)
     if role == Role.TRAINER:
         return await _trainer_parts(node, settings, home, opts, trainer_cls)
     return RoleParts()
 
 
+async def _client_parts(node: Node, settings: Settings, home: Path, opts: dict[str, Any],
+                        client_cls: type[ClientRole] | None) -> RoleParts:
+    from fedswarm.api.jobs import job_parts, jobs_unavailable
+    from fedswarm.roles.client import ClientRole, open_client
+
+    try:
+        client = await open_client(node, settings, home, opts,
+                                   fund_wallet=devnet_funding(settings, CLIENT_DEVNET_WEI),
+                                   client_cls=client_cls or ClientRole)
+    except ConfigError as exc:  # still a useful node (mesh, directory, API); jobs need backends
+        log.warning("client runs without jobs: %s", exc)
+        return jobs_unavailable(str(exc))
+    return job_parts(client)
+
+
 async def _trainer_parts(node: Node, settings: Settings, home: Path, opts: dict[str, Any],
                          trainer_cls: type[Trainer] | None) -> RoleParts:
-    """The trainer's routes, /command verbs, status and background task.
-
-    Without a ledger the node stays on the mesh (presence, capabilities, price) but cannot
-    bid: /status says why.
-    """
+    from fedswarm.api.trainer import trainer_parts, trainer_unavailable
     from fedswarm.roles.trainer import Trainer, open_trainer
 
-    fund = None
-    if settings.is_devnet:
-        from fedswarm.devnet import ensure_funded
-
-        fund = functools.partial(ensure_funded, settings)
     try:
-        trainer = await open_trainer(node, settings, home, opts, fund_wallet=fund,
+        trainer = await open_trainer(node, settings, home, opts, fund_wallet=devnet_funding(settings),
                                      trainer_cls=trainer_cls or Trainer)
     except ConfigError as exc:
-        reason = str(exc)
-        log.warning("trainer cannot take jobs: %s", reason)
-        return RoleParts(status=lambda: {"trainer": {"jobs_unavailable": reason}})
-    router = APIRouter(prefix="/api/v1/trainer")
-
-    @router.get("/units")
-    async def units() -> dict[str, Any]:
-        return {"units": trainer.units_public()}
-
-    async def cmd_advertize(args: list[Any]) -> dict[str, Any]:
-        return await trainer.advertize()
-
-    async def cmd_units(args: list[Any]) -> dict[str, Any]:
-        return {"status": "ok", "units": trainer.units_public()}
-
-    return RoleParts(routers=[router], commands={"advertize": cmd_advertize, "units": cmd_units},
-                     status=trainer.status, tasks=[trainer.run])
+        log.warning("trainer cannot take jobs: %s", exc)
+        return trainer_unavailable(str(exc))
+    return trainer_parts(trainer)
