@@ -27,9 +27,10 @@ import trio
 
 from fedswarm.identity import Identity
 from fedswarm.p2p.directory import Directory, keeps_link
-from fedswarm.p2p.framing import FrameError, FrameReader, OversizeError, write_message
+from fedswarm.p2p.framing import FrameError, FrameReader, write_message
 from fedswarm.p2p.gate import Gate, resource_manager
 from fedswarm.p2p.limits import LimitsConfig, PeerLimits
+from fedswarm.p2p.rpc import Rejected, RpcError, RpcHandler, RpcServer
 from fedswarm.protocol.decode import MAX_GOSSIP_MESSAGE
 from fedswarm.protocol.messages import (
     BlobDigest,
@@ -53,27 +54,8 @@ from fedswarm.protocol.topics import DIRECTORY_TOPIC, MARKET_TOPIC, PRESENCE_TOP
 log = logging.getLogger("fedswarm.p2p")
 
 MAX_PUBSUB_MESSAGE = MAX_GOSSIP_MESSAGE  # gossipsub silently drops > 1 MiB; keep well under
-BLOB_MIN_RATE = 1 << 20  # bytes/s a request blob must at least arrive at (slow senders are cut)
-RpcHandler = Callable[[str, Any, bytes | None], Awaitable[tuple[WireModel, bytes | None]]]
 TopicHandler = Callable[[str, Any], Awaitable[None]]
 TopicValidator = Callable[[str, WireModel], bool]
-
-
-class RpcError(Exception):
-    """A peer answered an RPC with a structured error (or did not answer in time)."""
-
-    def __init__(self, code: str, message: str) -> None:
-        super().__init__(f"{code}: {message}")
-        self.code = code
-        self.message = message
-
-
-class Rejected(Exception):
-    """Raised by an RPC handler to answer with a structured ``rejected``/``forbidden`` error."""
-
-    def __init__(self, message: str, code: str = "rejected") -> None:
-        super().__init__(message)
-        self.code = code
 
 
 class _SeenSet:
@@ -148,7 +130,7 @@ class Node:
         self._bootstrap_heard_at = time.monotonic()
         self._bootstrap_reset_at = 0.0
         self.started_at = time.time()
-        self._rpc_handlers: dict[type, RpcHandler] = {}
+        self.rpc = RpcServer(self.limits, self.gate, self.stats, rpc_timeout)
         self._topic_handlers: dict[str, list[TopicHandler]] = {}
         self._topic_validators: dict[str, TopicValidator] = {}
         self._seen = _SeenSet()
@@ -225,7 +207,7 @@ class Node:
 
         self.host, self.pubsub, gossipsub = self._build_host()
         route_libp2p_logging()
-        self.host.set_stream_handler(TProtocol(RPC_PROTOCOL), self._handle_rpc_stream)
+        self.host.set_stream_handler(TProtocol(RPC_PROTOCOL), self.rpc.handle_stream)
         async with (
             self.host.run(listen_addrs=[multiaddr.Multiaddr(self.listen)]),
             background_trio_service(self.pubsub),
@@ -266,96 +248,7 @@ class Node:
 
     def on_rpc(self, msg_type: type[WireModel], handler: RpcHandler) -> None:
         """Serve requests of ``msg_type`` with ``handler(peer_id, msg, blob) -> (reply, blob)``."""
-        self._rpc_handlers[msg_type] = handler
-
-    async def _handle_rpc_stream(self, stream: Any) -> None:
-        # Nothing may escape this function: an exception here kills the process (notes, item 1).
-        peer = "?"
-        admitted = False
-        try:
-            peer = stream.muxed_conn.peer_id.to_base58()
-            refusal = self.limits.open_stream(peer)
-            if refusal == "banned":
-                await self._reset(stream)
-                return
-            if refusal is not None:
-                await self._reply(stream, ErrorReply(code="busy", message=f"too many requests from you ({refusal})"))
-                return
-            admitted = True
-            await self._serve_rpc(peer, stream)
-        except OversizeError as exc:
-            self.gate.strike(peer, "rpc_oversize")
-            log.debug("oversized RPC from %s: %s", peer, exc)
-            await self._reply(stream, ErrorReply(code="too_large", message=str(exc)[:1000]))
-        except WireError as exc:
-            self.gate.strike(peer, "rpc_bad_request")
-            await self._reply(stream, ErrorReply(code="bad_request", message=str(exc)[:1000]))
-        except FrameError as exc:
-            self.gate.strike(peer, "rpc_bad_frame")
-            log.debug("bad RPC frame from %s: %s", peer, exc)
-            await self._reset(stream)
-        except Exception as exc:  # timeouts, resets, anything a hostile peer can cause
-            self.stats["rpc_stream_error"] += 1
-            log.debug("RPC stream from %s failed: %r", peer, exc)
-            await self._reset(stream)
-        finally:
-            if admitted:
-                self.limits.close_stream(peer)
-
-    async def _serve_rpc(self, peer: str, stream: Any) -> None:
-        """Read one request within its type's caps, run its handler, answer. A reply's blob is
-        never larger than the request's (no amplification)."""
-        reader = FrameReader(stream, self.rpc_timeout)
-        with trio.fail_after(self.rpc_timeout):
-            msg, blob_size = await reader.read_envelope()
-        handler = self._rpc_handlers.get(type(msg))
-        if handler is None:
-            self.gate.strike(peer, "rpc_unknown_type")
-            await self._reply(stream, ErrorReply(code="unknown_type", message=f"no handler for {msg.TYPE}"))
-            return
-        reserved = blob_size or 0
-        if reserved and not self.limits.reserve_blob(reserved):
-            await self._reply(stream, ErrorReply(code="busy", message="too many large requests at once; retry later"))
-            return
-        try:
-            blob = None
-            if blob_size is not None:
-                with trio.fail_after(self.rpc_timeout + blob_size / BLOB_MIN_RATE):
-                    blob = await reader.read_blob(blob_size)
-            try:
-                reply, rblob = await handler(peer, msg, blob)
-            except Rejected as exc:
-                reply, rblob = ErrorReply(code=exc.code, message=str(exc)[:1000]), None  # type: ignore[arg-type]
-            except Exception:
-                log.exception("RPC handler for %s from %s failed", msg.TYPE, peer)
-                self.stats["rpc_handler_error"] += 1
-                reply, rblob = ErrorReply(code="internal", message="handler failed"), None
-            if rblob is not None and len(rblob) > len(blob or b""):
-                self.limits.counters["rpc_reply_too_large"] += 1
-                log.error("RPC handler for %s built a %d-byte reply blob for a %d-byte request: refused",
-                          msg.TYPE, len(rblob), len(blob or b""))
-                reply, rblob = ErrorReply(code="internal", message="reply larger than the request"), None
-            self.stats["rpc_served"] += 1
-            await self._reply(stream, reply, rblob)
-        finally:
-            if reserved:
-                self.limits.release_blob(reserved)
-
-    async def _reply(self, stream: Any, msg: WireModel, blob: bytes | None = None) -> None:
-        try:
-            await write_message(stream, msg, blob, self.rpc_timeout)
-            with trio.move_on_after(self.rpc_timeout):
-                await stream.close()
-        except Exception:
-            await self._reset(stream)
-
-    @staticmethod
-    async def _reset(stream: Any) -> None:
-        try:
-            with trio.move_on_after(2):
-                await stream.reset()
-        except Exception:
-            pass
+        self.rpc.on(msg_type, handler)
 
     async def request(
         self,
