@@ -181,7 +181,7 @@ def create_app(
         out = {"status": "running", "role": node.role.value, "peer_id": node.peer_id,
                "address": node.identity.address, "addrs": node.addrs,
                "uptime_s": round(time.time() - node.started_at, 1), "version": __version__,
-               "stats": dict(node.stats)}
+               "stats": dict(node.stats), "limits": node.limits_status()}
         if status_extra:
             out.update(status_extra())
         return out

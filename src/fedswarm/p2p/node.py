@@ -18,6 +18,7 @@ import collections
 import contextlib
 import logging
 import os
+import sys
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -564,8 +565,9 @@ class Node:
 
     def limits_status(self) -> dict[str, object]:
         """Hostile-input counters (invalid frames, oversize, bans, dropped gossip), current bans
-        and the caps in force: the ``limits`` part of ``/status``."""
-        return self.limits.status()
+        and the caps in force: the ``limits`` part of ``/status``. The process's recursion
+        limit is reported too: a high one turns deep JSON into a crash instead of an error."""
+        return {**self.limits.status(), "recursion_limit": sys.getrecursionlimit()}
 
     def connected_peers(self) -> list[str]:
         return [p.to_base58() for p in self.host.get_connected_peers()] if self.host else []
