@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from safetensors.numpy import load, save
 
 from fedswarm.learning.strategies import (
     _sorting_network,
@@ -378,3 +379,33 @@ def test_bench_strategies_reports_every_strategy() -> None:
     assert set(out["strategies"]) == set(ALL)
     for row in out["strategies"].values():
         assert row["gbps"] > 0 and row["ratio_vs_copy"] > 0
+
+
+# ------------------------------------------------------------------ settings and state
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_survives_a_safetensors_round_trip(name: str) -> None:
+    """Every strategy's state() saves as safetensors (no pickle) and load_state() on a fresh
+    instance continues exactly as the original: what a restarted client relies on."""
+    rng = np.random.default_rng(3)
+    g = rng.normal(size=40).astype(np.float32)
+    clients = [(g + rng.normal(size=40)).astype(np.float32) for _ in range(5)]
+    first, fresh = make_strategy(name), make_strategy(name)
+    first.aggregate(g, clients, [1, 2, 3, 4, 5])
+    state = first.state()
+    assert first.stateful == bool(state), name  # stateless strategies have nothing to save
+    fresh.load_state(load(save(state)) if state else {})
+    np.testing.assert_array_equal(fresh.aggregate(g, clients, [1, 2, 3, 4, 5]),
+                                  first.aggregate(g, clients, [1, 2, 3, 4, 5]))
+
+
+def test_stateless_strategy_refuses_foreign_state() -> None:
+    with pytest.raises(ValueError, match="no state"):
+        make_strategy("fedavg").load_state({"m": np.zeros(2, dtype=np.float32)})
+
+
+def test_client_config_is_what_trainers_need() -> None:
+    assert make_strategy("fedprox").client_config() == {"proximal_mu": 0.01}
+    assert make_strategy("fedprox", proximal_mu=0.3).client_config() == {"proximal_mu": 0.3}
+    assert all(make_strategy(n).client_config() == {} for n in ALL if n != "fedprox")

@@ -134,8 +134,21 @@ class Strategy(ABC):
         return result
 
     def client_config(self) -> dict[str, float]:
-        """Settings the clients' trainers need for this strategy (e.g. FedProx's mu)."""
+        """Settings the clients' trainers need for this strategy (e.g. FedProx's mu).
+
+        The coordinator sends trainers exactly these values and re-executes units with them.
+        """
         return {}
+
+    def state(self) -> dict[str, np.ndarray]:
+        """Copies of the server-side state carried between rounds (empty for stateless
+        strategies); saved with each aggregated round and restored by :meth:`load_state`."""
+        return {}
+
+    def load_state(self, state: dict[str, np.ndarray]) -> None:
+        """Restore what :meth:`state` returned. A stateless strategy accepts only no state."""
+        if state:
+            raise ValueError(f"{self.name} keeps no state between rounds, got {sorted(state)}")
 
     def reset(self) -> None:
         """Forget any server-side state (a new job, or a different model size)."""

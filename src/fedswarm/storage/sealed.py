@@ -131,6 +131,11 @@ class StoredRef:
         """``{"key", "sha256", "size"}`` (JSON-ready)."""
         return {"key": self.key, "sha256": self.sha256, "size": self.size}
 
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> StoredRef:
+        """The reference :meth:`to_dict` wrote."""
+        return cls(str(data["key"]), str(data["sha256"]), int(data["size"]))
+
 
 def seal(store: ObjectStore, obj: SealedObject, data: bytes | bytearray, *, key: bytes | None = None,
          box_public: PublicKey | bytes | str | None = None) -> StoredRef:

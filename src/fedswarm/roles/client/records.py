@@ -1,7 +1,7 @@
 """The client's durable job state: SQLite under the node's home (WAL, one writer: the node).
 
 Records are pydantic models stored as JSON beside a few indexed columns, so the state machine
-in ``roles/client.py`` can restart from the last durable step: every transition is written
+in :mod:`fedswarm.roles.client.role` can restart from the last durable step: every transition is written
 before the side effect it enables is considered done (and chain effects are re-checked on the
 chain itself on resume, so nothing is paid twice).
 """
@@ -48,10 +48,11 @@ class JobTerms(BaseModel):
     bid_window_s: float = Field(10.0, ge=0.5, le=600)  # closes early once enough bids arrived
     mode: Literal["train", "noop"] = "train"
     user_box_public: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
-    fault: Literal["none", "never-settle"] = "none"
 
 
 class JobRecord(BaseModel):
+    """One job as the client drives it: its terms, where it stands and what it produced."""
+
     job_id: str
     state: JobState = "submitted"
     terms: JobTerms
@@ -80,6 +81,8 @@ class JobRecord(BaseModel):
 
 
 class RoundRecord(BaseModel):
+    """One round of a job: open (units out), checked (aggregated), settled (paid on chain)."""
+
     job_id: str
     round: int
     state: Literal["open", "checked", "settled"] = "open"
@@ -95,6 +98,8 @@ class RoundRecord(BaseModel):
 
 
 class UnitRecord(BaseModel):
+    """One work unit: which trainer has which slot of a round, and what became of it."""
+
     job_id: str
     round: int
     unit: int

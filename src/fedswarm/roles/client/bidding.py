@@ -1,0 +1,184 @@
+"""Phases 2 and 3, bidding and escrow: find trainers, then lock their pay on chain.
+
+``collect_bids`` announces the job on the market topic (re-announcing while the window is
+open, up to three windows) and picks trainers and standbys from the signed bids with the
+market's selection policy and the trainers' on-chain reputation. ``escrow`` funds the job on
+the contract and registers the chosen trainers; it asks the chain what is already done first,
+so a restarted client never pays twice.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+import trio
+
+from fedswarm import crypto
+from fedswarm.ledger.contract import JobStatus
+from fedswarm.ledger.evm import job_id_from
+from fedswarm.market.bids import BidError, verify_bid
+from fedswarm.market.pricing import Quote, quote
+from fedswarm.market.reputation import Reputation, reputation_from_events
+from fedswarm.market.selection import JobRequirements, Selection, SelectionError, make_policy
+from fedswarm.p2p.node import Rejected
+from fedswarm.protocol.job import Bid, BidAck, JobAnnounce
+from fedswarm.protocol.messages import Role
+from fedswarm.protocol.topics import MARKET_TOPIC, job_topic
+from fedswarm.roles.client.records import JobRecord
+from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread, log
+
+
+def min_ram_mb(num_params: int) -> int:
+    """A trainer's memory floor for a model: weights, grads, optimiser state, activations."""
+    return int(math.ceil(num_params * 4 * 6 / (1 << 20))) + 256
+
+
+def job_quote(job: JobRecord) -> Quote:
+    """What the job costs with its chosen trainers and standbys (one unit per round each,
+    standbys included: their reserve covers reassignments)."""
+    selection = Selection(chosen=[Bid.model_validate(b) for b in job.chosen],
+                          standby=[Bid.model_validate(b) for b in job.standby], rejected=[])
+    return quote(selection, job.terms.rounds, reassign_reserve_units=job.terms.rounds)
+
+
+class Bidding:
+    """Announces jobs, takes bids (the ``Bid`` RPC), selects trainers and escrows their pay."""
+
+    def __init__(self, svc: ClientServices) -> None:
+        self.svc = svc
+        self._bids: dict[str, dict[str, Bid]] = {}  # job -> bidder peer -> bid (in memory only)
+        self._announces: dict[str, JobAnnounce] = {}
+
+    async def collect_bids(self, job: JobRecord) -> None:
+        """Announce the job on the market topic and pick trainers from the signed bids."""
+        svc, terms = self.svc, job.terms
+        job.state = "bidding"
+        svc.db.put_job(job)
+        self._bids[job.job_id] = {}
+        self._check_asking_prices(job)
+        await svc.node.subscribe(job_topic(job.job_id), self._on_job_topic)
+        wanted = terms.trainers + terms.standby
+        chain_id = await in_thread(svc.ledger.get_chain_id)
+        # Up to three windows: trainers that were busy, slow or just joining get another chance
+        # before the job fails for want of trainers (nothing has been spent yet).
+        for window in range(3):
+            deadline = time.time() + terms.bid_window_s
+            announce = JobAnnounce(
+                job_id=job.job_id, client_peer_id=svc.node.peer_id, trainers=terms.trainers,
+                standby=terms.standby, rounds=terms.rounds, price_cap_wei=terms.price_cap_wei,
+                min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
+                train_rows=job.train_rows, bid_deadline=deadline, chain_id=chain_id,
+                contract=svc.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
+                client_addrs=svc.node.addrs[:16],
+            )
+            self._announces[job.job_id] = announce
+            started = time.time()
+            # Re-announce while the window is open: a trainer that connects late still hears it.
+            while time.time() < deadline:
+                await svc.node.publish(MARKET_TOPIC, announce)
+                if len(self._bids[job.job_id]) >= wanted and time.time() - started > 1.0:
+                    break
+                await trio.sleep(min(1.0, max(0.05, deadline - time.time())))
+            got = len(self._bids[job.job_id])
+            if got >= wanted or (got >= terms.trainers and window >= 1):
+                break
+            svc.event(job, f"bidding: {got} of {wanted} bids after window {window + 1}; announcing again")
+            svc.db.put_job(job)
+        bids = list(self._bids[job.job_id].values())
+        reputation = await in_thread(self._reputation)
+        req = JobRequirements(trainers=terms.trainers, standby=terms.standby,
+                              price_cap_wei=terms.price_cap_wei, min_ram_mb=announce.min_ram_mb)
+        try:
+            selection = make_policy("cheapest").select(bids, req, reputation)
+        except SelectionError as exc:
+            raise JobFailed(f"no trainers: {exc}") from None
+        job.chosen = [b.model_dump(mode="json") for b in selection.chosen]
+        job.standby = [b.model_dump(mode="json") for b in selection.standby]
+        job.state = "selected"
+        svc.event(job, f"selected {len(job.chosen)} trainers (+{len(job.standby)} standby) from {len(bids)} bids")
+        svc.db.put_job(job)
+
+    def _check_asking_prices(self, job: JobRecord) -> None:
+        """Fail fast, before any announcement, when the cap is below what trainers ask: they
+        would not bid, and the user should hear the price rather than "no bids"."""
+        asks = sorted(r.price_wei for r in self.svc.node.directory.records(role=Role.TRAINER)
+                      if r.price_wei is not None)
+        cap = job.terms.price_cap_wei
+        if len(asks) >= job.terms.trainers and sum(a <= cap for a in asks) < job.terms.trainers:
+            raise JobFailed(f"price cap {cap} wei is below what the online trainers ask "
+                            f"(cheapest {asks[0]} wei; {sum(a <= cap for a in asks)} of {len(asks)} within the cap); "
+                            f"raise the cap to at least {asks[job.terms.trainers - 1]} wei")
+
+    def _reputation(self) -> dict[str, Reputation]:
+        """Every trainer's record from the contract's events (cached in the node's home)."""
+        home = self.svc.home
+        try:
+            events = self.svc.ledger.read_events(home / "chain-cursor.json")
+        except Exception as exc:
+            log.warning("reputation unavailable (%s); treating every trainer as new", exc)
+            return {}
+        cache = home / "chain-events.jsonl"
+        with cache.open("a") as fh:
+            for ev in events:
+                fh.write(json.dumps({"name": ev.name, "args": _jsonable(ev.args)}) + "\n")
+        history = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
+        return reputation_from_events(history)
+
+    async def escrow(self, job: JobRecord) -> None:
+        """Fund the job on the contract and register the selected trainers (idempotent)."""
+        svc = self.svc
+        costs = job_quote(job)
+        jid = job_id_from(job.job_id)
+        info = await in_thread(svc.ledger.job, jid)
+        if info.status == JobStatus.NONE:
+            deadline = int(time.time() + job.terms.rounds * job.terms.round_deadline_s * 3 + 3600)
+            spec_hash = bytes.fromhex(crypto.sha256_bytes(json.dumps(job.model, sort_keys=True).encode()))
+            receipt = await in_thread(svc.ledger.create_job, jid, spec_hash, deadline,
+                                      job.terms.settle_window_s, costs.total_wei)
+            job.escrow_tx = receipt.tx_hash
+        addrs, prices, max_units = costs.add_trainers_args()
+        missing = []
+        for addr, price, units in zip(addrs, prices, max_units, strict=True):
+            if not (await in_thread(svc.ledger.trainer, jid, addr)).registered:
+                missing.append((addr, price, units))
+        if missing:  # a restart between createJob and addTrainers registers the rest only
+            await in_thread(svc.ledger.add_trainers, jid, [m[0] for m in missing],
+                            [m[1] for m in missing], [m[2] for m in missing])
+        job.deposited_wei = costs.total_wei
+        job.state = "escrowed"
+        svc.event(job, f"escrowed {costs.total_wei} wei for {len(costs.trainers)} trainers")
+        svc.db.put_job(job)
+        await svc.audit_entry(job, {"state": "escrowed", "wei": costs.total_wei})
+
+    # ------------------------------------------------------------------ network handlers
+
+    async def on_bid(self, sender: str, bid: Bid, blob: bytes | None) -> tuple[BidAck, bytes | None]:
+        """The ``Bid`` RPC: keep a verified bid while the job's window is open."""
+        announce = self._announces.get(bid.job_id)
+        if announce is None or bid.job_id not in self._bids:
+            raise Rejected(f"job {bid.job_id} is not taking bids")
+        if time.time() > announce.bid_deadline + 1.0:
+            raise Rejected("the bid window is closed")
+        try:
+            verify_bid(bid, expected_peer_id=sender, job_id=bid.job_id)
+        except BidError as exc:
+            raise Rejected(f"bid refused: {exc}", code="forbidden") from None
+        self._bids[bid.job_id][sender] = bid
+        return BidAck(job_id=bid.job_id, received=True), None
+
+    async def _on_job_topic(self, sender: str, msg: Any) -> None:
+        return None  # the client only publishes on its job topics
+
+
+def _jsonable(obj: Any) -> Any:
+    """Chain event arguments as JSON (bytes become 0x-hex)."""
+    if isinstance(obj, bytes):
+        return "0x" + obj.hex()
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [_jsonable(v) for v in obj]
+    return obj
