@@ -1,4 +1,4 @@
-"""One round's review against the client's own reference (DESIGN.md §5.4).
+"""One round's review against the client's own reference (docs/ARCHITECTURE.md §5).
 
 :func:`review_round` is the reference-based successor of :func:`checks.check_round`: shape and
 finiteness, aggregation weights from the client's records, one unit re-executed as the trusted
@@ -243,11 +243,12 @@ def review_round(
         partners = [p for p in ambiguous if p != uid and _near(deltas[uid], deltas[p], by_id[uid], by_id[p], t)]
         if uid in redo:
             continue  # its own re-execution decided
+        unresolved = [p for p in partners if p not in redo]
         if any(p in matched for p in partners):
             copy_of[uid] = next(p for p in partners if p in matched)
-        elif not partners or not all(p in redo for p in partners):
+        elif unresolved:
             # Over budget: neither side could be re-executed, so neither is paid.
-            copy_of[uid] = partners[0] if partners else "?"
+            copy_of[uid] = unresolved[0]
         # else every partner failed its re-execution: this unit is judged on its statistics
     report.copies = dict(copy_of)
 
