@@ -5,6 +5,11 @@ round, cheapest first, and stops at a unit's first rejection. Model code is inje
 (``evaluate(params) -> loss``, ``reexecute(unit_id) -> params``), so this module knows nothing
 about torch. A rejected unit is not paid; :func:`reason_hash` gives the bytes32 that goes on
 chain next to it.
+
+:func:`check_round` judges norms and losses against the round's median, which Sybils can move;
+it stays for its existing callers. New code reviews a round with
+:func:`fedswarm.learning.review.review_round`, which judges every update against the client's own
+re-executed reference and reuses the single checks and verdict types defined here.
 """
 
 from __future__ import annotations
