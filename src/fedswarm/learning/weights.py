@@ -15,7 +15,6 @@ without importing torch.
 
 from __future__ import annotations
 
-import json
 import math
 import struct
 from collections.abc import Mapping
@@ -26,8 +25,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from safetensors.numpy import load as st_load
 from safetensors.numpy import save as st_save
 
+from fedswarm.protocol.decode import MAX_SAFETENSORS_HEADER, DecodeError, decode_object
+
 MAX_WEIGHTS_BYTES = 4 << 30  # 4 GiB: far above any model a trainer accepts by budget
-MAX_HEADER_BYTES = 16 << 20
+MAX_HEADER_BYTES = MAX_SAFETENSORS_HEADER
 ALLOWED_DTYPES = {"float32": np.float32, "int64": np.int64}
 REFUSED_SUFFIXES = {
     ".pt": "a PyTorch pickle archive",
@@ -145,12 +146,16 @@ def _check_header(data: bytes, what: str) -> None:
         raise WeightsError(f"{what} has a safetensors header length of {n}: corrupt or hostile")
     if data[8:9] != b"{":
         raise WeightsError(f"{what} does not start with a safetensors JSON header")
+    _parse_header(data[8 : 8 + n], what)
+
+
+def _parse_header(raw: bytes, what: str) -> dict[str, object]:
+    """The safetensors JSON header through the bounded decoder (size and depth capped before
+    json.loads: a deeply nested header would otherwise crash the process, not raise)."""
     try:
-        header = json.loads(data[8 : 8 + n])
-    except ValueError:
-        raise WeightsError(f"{what} has a safetensors header that is not JSON") from None
-    if not isinstance(header, dict):
-        raise WeightsError(f"{what} has a safetensors header that is not a JSON object")
+        return decode_object(raw, max_bytes=MAX_HEADER_BYTES, what=f"{what}'s safetensors header")
+    except DecodeError as exc:
+        raise WeightsError(str(exc)) from None
 
 
 def load_weights_bytes(
@@ -272,10 +277,7 @@ def read_layout(path: str | Path) -> Layout:
         if n > MAX_HEADER_BYTES:
             raise WeightsError(f"{p.name} has a safetensors header length of {n}: corrupt or hostile")
         raw = f.read(n)
-    try:
-        header = json.loads(raw)
-    except ValueError:
-        raise WeightsError(f"{p.name} has a safetensors header that is not JSON") from None
+    header = _parse_header(raw, p.name)
     names = {"F32": "float32", "I64": "int64"}
     tensors = []
     for name, info in header.items():
@@ -283,5 +285,8 @@ def read_layout(path: str | Path) -> Layout:
             continue
         if not isinstance(info, dict) or info.get("dtype") not in names:
             raise WeightsError(f"{p.name}: tensor {name!r} has an unsupported dtype")
-        tensors.append(TensorLayout(name=name, shape=tuple(info["shape"]), dtype=names[info["dtype"]]))
+        shape = info.get("shape")
+        if not isinstance(shape, list) or not all(isinstance(d, int) and d >= 0 for d in shape):
+            raise WeightsError(f"{p.name}: tensor {name!r} has no valid shape")
+        tensors.append(TensorLayout(name=name, shape=tuple(shape), dtype=names[info["dtype"]]))
     return Layout(tensors=tuple(tensors))

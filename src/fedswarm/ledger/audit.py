@@ -28,6 +28,7 @@ from urllib.parse import urljoin
 import httpx
 
 from fedswarm.ledger.verify import format_timestamp
+from fedswarm.protocol.decode import MAX_AUDIT_MESSAGE, MAX_MIRROR_JSON, DecodeError, decode_json
 
 CHUNK_SIZE = 1024
 MAX_CHUNKS = 20
@@ -87,8 +88,10 @@ class AuditMessage:
     chunks: int = 1
 
     def json(self) -> Any:
-        """The payload parsed as JSON (messages submitted as dicts are canonical JSON)."""
-        return json.loads(self.payload)
+        """The payload parsed as JSON (messages submitted as dicts are canonical JSON), through
+        the bounded decoder: ``DecodeError`` (a ``ValueError``) on a payload that is not JSON,
+        too large or nested too deep (anyone may write to a topic)."""
+        return decode_json(self.payload, max_bytes=MAX_AUDIT_MESSAGE, what="audit message")
 
 
 def encode_message(message: bytes | Mapping[str, Any]) -> bytes:
@@ -137,8 +140,11 @@ class ChunkAssembler:
     once its last missing chunk arrives, else None.
     """
 
+    MAX_PENDING = 1000  # messages waiting for chunks (a writer that never finishes one)
+
     def __init__(self) -> None:
         self._pending: dict[tuple[str, str], dict[int, dict[str, Any]]] = {}
+        self.skipped = 0  # malformed chunks ignored (anyone may write to a topic)
 
     @property
     def pending(self) -> int:
@@ -146,15 +152,30 @@ class ChunkAssembler:
         return len(self._pending)
 
     def add(self, msg: Mapping[str, Any]) -> AuditMessage | None:
-        """Take one mirror-node message; the complete AuditMessage when one is complete."""
+        """Take one mirror-node message; the complete AuditMessage when one is complete.
+
+        Malformed chunks, and messages of more than :data:`MAX_CHUNKS` chunks (what Hedera's
+        SDKs allow), are skipped and counted in :attr:`skipped`: a topic is writable by anyone."""
+        try:
+            return self._add(msg)
+        except (AuditError, ValueError, TypeError, KeyError, AttributeError):
+            self.skipped += 1
+            return None
+
+    def _add(self, msg: Mapping[str, Any]) -> AuditMessage | None:
         info = msg.get("chunk_info")
         if not info or int(info.get("total", 1)) == 1:
             return _assemble([dict(msg)])
+        total, number = int(info["total"]), int(info["number"])
+        if not 1 <= number <= total <= MAX_CHUNKS:
+            raise AuditError(f"chunk {number} of {total}: outside 1..{MAX_CHUNKS}")
         initial = info.get("initial_transaction_id") or {}
         key = (str(initial.get("account_id")), str(initial.get("transaction_valid_start")))
+        if key not in self._pending and len(self._pending) >= self.MAX_PENDING:
+            self._pending.pop(next(iter(self._pending)))  # the oldest unfinished message goes
         parts = self._pending.setdefault(key, {})
-        parts[int(info["number"])] = dict(msg)
-        if len(parts) < int(info["total"]):
+        parts[number] = dict(msg)
+        if len(parts) < total:
             return None
         del self._pending[key]
         return _assemble([parts[n] for n in sorted(parts)])
@@ -163,9 +184,12 @@ class ChunkAssembler:
 def _assemble(parts: list[dict[str, Any]]) -> AuditMessage:
     seqs = [int(p["sequence_number"]) for p in parts]
     last = max(parts, key=lambda p: int(p["sequence_number"]))
+    payload = b"".join(base64.b64decode(p["message"], validate=True) for p in parts)
+    if len(payload) > MAX_AUDIT_MESSAGE:
+        raise AuditError(f"audit message of {len(payload)} bytes is over {MAX_AUDIT_MESSAGE}")
     return AuditMessage(
         topic_id=str(parts[0]["topic_id"]),
-        payload=b"".join(base64.b64decode(p["message"]) for p in parts),
+        payload=payload,
         payer_account_id=str(parts[0]["payer_account_id"]),
         first_sequence=min(seqs),
         last_sequence=max(seqs),
@@ -282,14 +306,15 @@ class LocalAuditLog(AuditLog):
 
     def _request(self, method: str, path: str, **kwargs: Any) -> Any:
         try:
-            resp = self._http.request(method, path, **kwargs)
+            with self._http.stream(method, path, **kwargs) as resp:
+                body = read_capped(resp, MAX_MIRROR_JSON, f"audit log at {self.url}")
         except httpx.HTTPError as exc:
             raise AuditError(
                 f"audit log at {self.url} unreachable ({exc.__class__.__name__}): is the devnet up?"
             ) from None
         if resp.status_code >= 400:
-            raise AuditError(f"audit log refused {method} {path}: {resp.status_code} {_error_text(resp)}")
-        return resp.json()
+            raise AuditError(f"audit log refused {method} {path}: {resp.status_code} {_error_text(body)}")
+        return _decode_body(body, f"audit log at {self.url}")
 
     def create_topic(self, memo: str = "") -> str:
         valid_start = format_timestamp(self._valid_starts(1))
@@ -348,11 +373,32 @@ class LocalAuditLog(AuditLog):
         return dict(self._request("GET", f"/api/v1/topics/{topic_id}"))
 
 
-def _error_text(resp: httpx.Response) -> str:
+def read_capped(resp: httpx.Response, cap: int, what: str) -> bytes:
+    """A streamed response's body, refused (:class:`AuditError`) once it passes ``cap`` bytes
+    (a declared Content-Length over it is refused before anything is read)."""
+    declared = resp.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > cap:
+        raise AuditError(f"{what} sent {declared} bytes, over the {cap}-byte cap")
+    body = bytearray()
+    for piece in resp.iter_bytes():
+        body += piece
+        if len(body) > cap:
+            raise AuditError(f"{what} sent more than {cap} bytes: refused")
+    return bytes(body)
+
+
+def _decode_body(body: bytes, what: str) -> Any:
     try:
-        return str(resp.json()["_status"]["messages"][0]["message"])
+        return decode_json(body, max_bytes=MAX_MIRROR_JSON, what=f"answer of the {what}")
+    except DecodeError as exc:
+        raise AuditError(str(exc)) from None
+
+
+def _error_text(body: bytes) -> str:
+    try:
+        return str(decode_json(body, max_bytes=MAX_MIRROR_JSON)["_status"]["messages"][0]["message"])[:200]
     except (ValueError, KeyError, IndexError, TypeError):
-        return resp.text[:200]
+        return body[:200].decode("utf-8", "replace")
 
 
 MIRROR_URLS = {
@@ -476,15 +522,17 @@ class HederaAuditLog(AuditLog):
         return self._http
 
     def _get(self, url: str, params: dict[str, str] | None = None) -> MirrorPage:
+        what = f"mirror node {self.mirror_url}"
         try:
-            resp = self._mirror().get(url, params=params)
+            with self._mirror().stream("GET", url, params=params) as resp:
+                body = read_capped(resp, MAX_MIRROR_JSON, what)
         except httpx.HTTPError as exc:
-            raise AuditError(f"mirror node {self.mirror_url} unreachable ({exc.__class__.__name__})") from None
+            raise AuditError(f"{what} unreachable ({exc.__class__.__name__})") from None
         if resp.status_code == 404:
             return MirrorPage(messages=[])  # the mirror node lags behind a new topic
         if resp.status_code >= 400:
-            raise AuditError(f"mirror node refused {url}: {resp.status_code} {_error_text(resp)}")
-        return MirrorPage.from_json(resp.json())
+            raise AuditError(f"mirror node refused {url}: {resp.status_code} {_error_text(body)}")
+        return MirrorPage.from_json(_decode_body(body, what))
 
     def read(self, topic_id: str, after_seq: int = 0, limit: int = PAGE_LIMIT) -> MirrorPage:
         params = {"order": "asc", "limit": str(limit), "sequencenumber": f"gt:{after_seq}"}

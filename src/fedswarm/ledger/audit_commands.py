@@ -150,8 +150,11 @@ def _tail(args: argparse.Namespace) -> int:
 def _verify(args: argparse.Namespace) -> int:
     from fedswarm.ledger.verify import verify_page
 
+    from fedswarm.protocol.decode import MAX_MIRROR_JSON, decode_json
+
     try:
-        data = json.loads(Path(args.file).read_text())
+        # A saved mirror page is outside input too: bounded size and nesting.
+        data = decode_json(Path(args.file).read_bytes(), max_bytes=MAX_MIRROR_JSON, what=args.file)
     except (OSError, ValueError) as exc:
         print(f"fedswarm: cannot read {args.file}: {exc}", file=sys.stderr)
         return 2

@@ -14,8 +14,9 @@ import json
 import re
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from fedswarm.protocol.decode import MAX_MANIFEST, DecodeError, decode_model
 from fedswarm.protocol.preprocessing import Preprocessing
 
 MANIFEST_VERSION = 1
@@ -124,13 +125,12 @@ class SignedManifest(BaseModel):
 
     @classmethod
     def from_json(cls, data: str | bytes) -> SignedManifest:
-        """Parse; :class:`ManifestError` with the first problem on bad input."""
+        """Parse through the bounded decoder (at most :data:`MAX_MANIFEST` bytes, nesting
+        capped); :class:`ManifestError` with the first problem on bad input."""
         try:
-            return cls.model_validate_json(data)
-        except ValidationError as exc:
-            first = exc.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise ManifestError(f"malformed manifest at {loc}: {first['msg']}") from None
+            return decode_model(cls, data, max_bytes=MAX_MANIFEST, what="manifest")
+        except DecodeError as exc:
+            raise ManifestError(str(exc)) from None
 
 
 def sign_manifest(manifest: Manifest, key_pair: Any) -> SignedManifest:
