@@ -4,9 +4,12 @@
 //
 // Usage: node scripts/compile_contract.js [--solc PATH/solc] [--source FILE.sol] [--name NAME]
 //                                         [--out FILE.json] [--check]
-// Defaults compile contracts/FedSwarmEscrow.sol into src/fedswarm/ledger/artifacts/.
-// `--check` compiles and compares with the existing artifact instead of writing (exit 1 if not
-// identical). The CLI of solcjs has no --evm-version flag, hence standard JSON.
+// Without --source it compiles every contract in CONTRACTS (v1 and v2 of the escrow) into
+// src/fedswarm/ledger/artifacts/. `--check` compiles and compares with the existing artifact(s)
+// instead of writing (exit 1 if any differs). The CLI of solcjs has no --evm-version flag, hence
+// standard JSON. Imports of `@openzeppelin/contracts/...` are read from the pinned npm package
+// in .tools/node_modules (tools/package.json) through solc's import callback; its version is
+// recorded in the artifact.
 "use strict";
 
 const crypto = require("crypto");
@@ -14,6 +17,8 @@ const fs = require("fs");
 const path = require("path");
 
 const ROOT = path.resolve(__dirname, "..");
+const MODULES = path.join(ROOT, ".tools", "node_modules");
+const CONTRACTS = ["FedSwarmEscrow.sol", "FedSwarmEscrowV2.sol"];
 
 // One place for the compiler settings: cancun because Hedera does not run prague/osaka yet.
 const SETTINGS = {
@@ -23,13 +28,7 @@ const SETTINGS = {
 };
 
 function parseArgs(argv) {
-  const args = {
-    solc: path.join(ROOT, ".tools", "node_modules", "solc"),
-    source: path.join(ROOT, "contracts", "FedSwarmEscrow.sol"),
-    name: null,
-    out: null,
-    check: false,
-  };
+  const args = { solc: path.join(MODULES, "solc"), source: null, name: null, out: null, check: false };
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i];
     if (a === "--check") args.check = true;
@@ -41,9 +40,67 @@ function parseArgs(argv) {
       process.exit(2);
     }
   }
-  args.name = args.name || path.basename(args.source, ".sol");
-  args.out = args.out || path.join(ROOT, "src", "fedswarm", "ledger", "artifacts", `${args.name}.json`);
   return args;
+}
+
+// Library imports resolve only inside node_modules (never elsewhere on disk); every library
+// used is noted so the artifact can record its version.
+function importer(used) {
+  return (importPath) => {
+    const pkg = importPath.startsWith("@") ? importPath.split("/").slice(0, 2).join("/") : importPath.split("/")[0];
+    const file = path.resolve(MODULES, importPath);
+    if (!file.startsWith(MODULES + path.sep) || !fs.existsSync(file)) {
+      return { error: `${importPath} not found under .tools/node_modules: run \`make tools\`` };
+    }
+    const meta = JSON.parse(fs.readFileSync(path.join(MODULES, pkg, "package.json"), "utf8"));
+    used[pkg] = meta.version;
+    return { contents: fs.readFileSync(file, "utf8") };
+  };
+}
+
+function compileOne(solc, sourcePath, name, out, check) {
+  const source = fs.readFileSync(sourcePath, "utf8");
+  const fileName = path.basename(sourcePath);
+  const input = { language: "Solidity", sources: { [fileName]: { content: source } }, settings: SETTINGS };
+  const used = {};
+  const output = JSON.parse(solc.compile(JSON.stringify(input), { import: importer(used) }));
+  const errors = (output.errors || []).filter((e) => e.severity === "error");
+  for (const e of output.errors || []) console.error(e.formattedMessage.trim());
+  if (errors.length) return false;
+  const contract = (output.contracts[fileName] || {})[name];
+  if (!contract) {
+    console.error(`compile_contract: no contract ${name} in ${fileName}`);
+    return false;
+  }
+  const artifact = {
+    contractName: name,
+    sourceFile: path.relative(ROOT, sourcePath),
+    sourceSha256: crypto.createHash("sha256").update(source).digest("hex"),
+    compiler: { name: "solc", version: solc.version() },
+    settings: { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer },
+  };
+  // Only contracts with imports carry the field, so v1's artifact stays byte for byte as it was.
+  if (Object.keys(used).length) artifact.libraries = Object.fromEntries(Object.entries(used).sort());
+  Object.assign(artifact, {
+    abi: contract.abi,
+    bytecode: "0x" + contract.evm.bytecode.object,
+    deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
+  });
+  const text = JSON.stringify(artifact, null, 2) + "\n";
+  if (check) {
+    const old = fs.existsSync(out) ? fs.readFileSync(out, "utf8") : "";
+    if (old !== text) {
+      console.error(`compile_contract: ${path.relative(ROOT, out)} is stale: run \`make contracts\``);
+      return false;
+    }
+    console.log(`compile_contract: ${path.relative(ROOT, out)} is up to date`);
+    return true;
+  }
+  fs.mkdirSync(path.dirname(out), { recursive: true });
+  fs.writeFileSync(out, text);
+  const size = (contract.evm.deployedBytecode.object.length / 2) | 0;
+  console.log(`compile_contract: wrote ${path.relative(ROOT, out)} (${size} bytes deployed)`);
+  return true;
 }
 
 function main() {
@@ -55,42 +112,14 @@ function main() {
     console.error(`compile_contract: solc not found at ${args.solc}: run \`make tools\``);
     process.exit(2);
   }
-  const source = fs.readFileSync(args.source, "utf8");
-  const fileName = path.basename(args.source);
-  const input = { language: "Solidity", sources: { [fileName]: { content: source } }, settings: SETTINGS };
-  const output = JSON.parse(solc.compile(JSON.stringify(input)));
-  const errors = (output.errors || []).filter((e) => e.severity === "error");
-  for (const e of output.errors || []) console.error(e.formattedMessage.trim());
-  if (errors.length) process.exit(1);
-  const contract = output.contracts[fileName][args.name];
-  if (!contract) {
-    console.error(`compile_contract: no contract ${args.name} in ${fileName}`);
-    process.exit(1);
+  const sources = args.source ? [args.source] : CONTRACTS.map((f) => path.join(ROOT, "contracts", f));
+  let ok = true;
+  for (const src of sources) {
+    const name = (args.source && args.name) || path.basename(src, ".sol");
+    const out = (args.source && args.out) || path.join(ROOT, "src", "fedswarm", "ledger", "artifacts", `${name}.json`);
+    ok = compileOne(solc, src, name, out, args.check) && ok;
   }
-  const artifact = {
-    contractName: args.name,
-    sourceFile: path.relative(ROOT, args.source),
-    sourceSha256: crypto.createHash("sha256").update(source).digest("hex"),
-    compiler: { name: "solc", version: solc.version() },
-    settings: { evmVersion: SETTINGS.evmVersion, optimizer: SETTINGS.optimizer },
-    abi: contract.abi,
-    bytecode: "0x" + contract.evm.bytecode.object,
-    deployedBytecode: "0x" + contract.evm.deployedBytecode.object,
-  };
-  const text = JSON.stringify(artifact, null, 2) + "\n";
-  if (args.check) {
-    const old = fs.existsSync(args.out) ? fs.readFileSync(args.out, "utf8") : "";
-    if (old !== text) {
-      console.error(`compile_contract: ${path.relative(ROOT, args.out)} is stale: run \`make contracts\``);
-      process.exit(1);
-    }
-    console.log(`compile_contract: ${path.relative(ROOT, args.out)} is up to date`);
-    return;
-  }
-  fs.mkdirSync(path.dirname(args.out), { recursive: true });
-  fs.writeFileSync(args.out, text);
-  const size = (contract.evm.deployedBytecode.object.length / 2) | 0;
-  console.log(`compile_contract: wrote ${path.relative(ROOT, args.out)} (${size} bytes deployed)`);
+  if (!ok) process.exit(1);
 }
 
 main();

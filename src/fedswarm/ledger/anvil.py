@@ -1,9 +1,9 @@
 """The devnet chain: anvil on 127.0.0.1 with ``--state`` persistence and the escrow deployed.
 
 :func:`start_anvil` spawns anvil as a separate process, waits until it answers, deploys
-FedSwarmEscrow once (the deployment is recorded in the state dir and survives restarts because
-anvil's ``--state`` file keeps the chain) and returns ``(popen, info)`` where ``info`` is the
-``{"chain": {...}}`` block for ``devnet.json``. :func:`fund` gives a node's wallet some ETH
+FedSwarmEscrow (v1) and FedSwarmEscrowV2 once each (the deployments are recorded in the state
+dir and survive restarts because anvil's ``--state`` file keeps the chain) and returns
+``(popen, info)`` where ``info`` is the ``{"chain": {...}}`` block for ``devnet.json``. :func:`fund` gives a node's wallet some ETH
 from the faucet account.
 """
 
@@ -19,14 +19,20 @@ from pathlib import Path
 from typing import Any
 
 from eth_account import Account
+from eth_utils import keccak
 from web3 import Web3
 
 from fedswarm.ledger.contract import load_artifact
+from fedswarm.ledger.escrow_types import V2_CONTRACT_NAME
 from fedswarm.tools import tool_path
 
 CHAIN_ID = 31337
 STATE_FILE = "anvil-state.json"
 DEPLOYMENT_FILE = "deployment.json"
+DEPLOYMENT_V2_FILE = "deployment-v2.json"
+# The devnet's v2 deployment lets jobs use short claim windows (the contract's floor), so a demo
+# job releases its reservations seconds after it closes; production deployments use 1 hour.
+DEVNET_MIN_CLAIM_WINDOW = 10
 LOG_FILE = "anvil.log"
 # anvil's well-known dev keys (mnemonic "test test ... junk"): account 0 deploys, 1 is the faucet.
 DEPLOYER_KEY = "0xac0974bec39a17e36ba4a6b4d238ff944bacb478cbed5efcae784d7bf4f2ff80"
@@ -45,8 +51,9 @@ def start_anvil(
 
     ``port`` 0 lets anvil pick a free port (read back from its banner, so no race).
     ``block_time`` (seconds) mimics Hedera's ~2 s blocks; None mines on every transaction.
-    Returns the process and ``{"chain": {rpc_url, chain_id, contract_address, deployer_key,
-    faucet_key, deploy_block}}``. The caller stops the process (SIGTERM makes anvil write its
+    Returns the process and ``{"chain": {rpc_url, chain_id, contract_address, deploy_block,
+    escrow_v2_address, escrow_v2_deploy_block, escrow_v2_min_claim_window, deployer_key,
+    faucet_key}}``. The caller stops the process (SIGTERM makes anvil write its
     state file; it also dumps every few seconds in case it is killed).
     """
     state_dir = Path(state_dir).expanduser()
@@ -90,6 +97,7 @@ def start_anvil(
         rpc_url = f"http://{addr[0][0]}:{addr[0][1]}"
         w3 = _wait_ready(rpc_url, proc, timeout)
         contract, block = ensure_deployed(w3, state_dir)
+        v2, v2_block = ensure_deployed_v2(w3, state_dir)
     except BaseException:
         proc.terminate()
         try:
@@ -103,6 +111,9 @@ def start_anvil(
             "chain_id": CHAIN_ID,
             "contract_address": contract,
             "deploy_block": block,
+            "escrow_v2_address": v2,
+            "escrow_v2_deploy_block": v2_block,
+            "escrow_v2_min_claim_window": DEVNET_MIN_CLAIM_WINDOW,
             "deployer_key": DEPLOYER_KEY,
             "faucet_key": FAUCET_KEY,
             "pid": proc.pid,
@@ -156,6 +167,55 @@ def ensure_deployed(w3: Web3, state_dir: Path) -> tuple[str, int]:
     rec = {
         "contract_address": receipt["contractAddress"],
         "deploy_block": int(receipt["blockNumber"]),
+        "source_sha256": artifact.source_sha256,
+    }
+    tmp = record_path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=2))
+    os.replace(tmp, record_path)
+    return rec["contract_address"], rec["deploy_block"]
+
+
+def ensure_deployed_v2(
+    w3: Web3, state_dir: Path, min_claim_window: int = DEVNET_MIN_CLAIM_WINDOW
+) -> tuple[str, int]:
+    """Return ``(address, deploy_block)`` of FedSwarmEscrowV2, deploying it unless the record in
+    ``state_dir`` names code deployed from the current artifact with the same constructor
+    argument. The runtime code holds immutables (EIP-712 domain, claim window), so the record
+    keeps the creation code's hash and the deployed code's hash rather than comparing with the
+    artifact's deployedBytecode."""
+    artifact = load_artifact(V2_CONTRACT_NAME)
+    creation = keccak(hexstr=artifact.bytecode).hex()
+    record_path = Path(state_dir) / DEPLOYMENT_V2_FILE
+    if record_path.exists():
+        try:
+            rec = json.loads(record_path.read_text())
+            code = bytes(w3.eth.get_code(Web3.to_checksum_address(rec["contract_address"])))
+            if (rec["creation_sha3"] == creation and rec["runtime_sha3"] == keccak(code).hex()
+                    and int(rec["min_claim_window"]) == min_claim_window and code):
+                return rec["contract_address"], int(rec["deploy_block"])
+        except (ValueError, KeyError):
+            pass  # unreadable record: deploy afresh
+    deployer = Account.from_key(DEPLOYER_KEY)
+    factory = w3.eth.contract(abi=artifact.abi, bytecode=artifact.bytecode)
+    tx = factory.constructor(min_claim_window).build_transaction(
+        {
+            "from": deployer.address,
+            "nonce": w3.eth.get_transaction_count(deployer.address, "pending"),
+            "chainId": CHAIN_ID,
+        }
+    )
+    signed = deployer.sign_transaction(tx)
+    tx_hash = w3.eth.send_raw_transaction(signed.raw_transaction)
+    receipt = w3.eth.wait_for_transaction_receipt(tx_hash, timeout=60, poll_latency=0.05)
+    if receipt["status"] != 1:
+        raise AnvilError("deploying FedSwarmEscrowV2 failed on anvil; see the anvil log")
+    code = bytes(w3.eth.get_code(receipt["contractAddress"]))
+    rec = {
+        "contract_address": receipt["contractAddress"],
+        "deploy_block": int(receipt["blockNumber"]),
+        "min_claim_window": min_claim_window,
+        "creation_sha3": creation,
+        "runtime_sha3": keccak(code).hex(),
         "source_sha256": artifact.source_sha256,
     }
     tmp = record_path.with_suffix(".tmp")

@@ -347,6 +347,23 @@ class Ledger:
             log_index=int(ev["logIndex"]),
         )
 
+    # ------------------------------------------------------------------ generic access
+
+    def transact(self, fn: str, args: Sequence[Any], value: int = 0, gas: int | None = None) -> TxReceipt:
+        """Send contract function ``fn(*args)`` (with ``value`` contract units), signed locally,
+        and wait for its receipt; clients of other contracts (the v2 escrow) build on this."""
+        return self._transact(fn, list(args), _TxOptions(value=value, gas=gas))
+
+    def call(self, fn: str, *args: Any) -> Any:
+        """Call view ``fn(*args)``; a revert raises :class:`TxReverted` with the decoded error."""
+        return self._call(fn, *args)
+
+    def events_of(self, tx_hash: str) -> list[LedgerEvent]:
+        """The contract's events emitted by one mined transaction, in log order."""
+        r = self._rpc(lambda: self.w3.eth.get_transaction_receipt(HexBytes(tx_hash)))
+        own = [lg for lg in r["logs"] if to_checksum_address(lg["address"]) == self.contract_address]
+        return [ev for ev in (self._decode_log(lg) for lg in own) if ev is not None]
+
     # ------------------------------------------------------------------ machinery
 
     def _call(self, fn: str, *args: Any) -> Any:
