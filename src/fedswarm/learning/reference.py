@@ -18,7 +18,7 @@ absolute drops with them, while the share a unit removes stays comparable betwee
 This module is pure numpy: losses come in as numbers, computed by the caller with the existing
 evaluation code on a bounded sample. The thresholds' defaults come from honest training runs
 (breast-cancer and digits, the example specs, several seeds and chunk splits; see
-``tests/learning/test_reference_honest.py``), with a margin on each side.
+``tests/learning/test_review_honest.py``), with a margin on each side.
 
 Also here: aggregation weights from the client's own records, and a small history of hashes and
 count-sketches that catches an update replayed from an earlier round.
