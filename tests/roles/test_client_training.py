@@ -12,7 +12,7 @@ import pytest
 
 from fedswarm.identity import load_identity
 from fedswarm.learning.weights import save_weights_file
-from fedswarm.roles.client import ClientDB, JobRecord, JobTerms, UnitRecord
+from fedswarm.roles.client import ClientDB, JobNotFound, JobRecord, JobTerms, UnitRecord
 from fedswarm.roles.client.review import aggregate_step, global_path, load_flat
 from fedswarm.roles.client.rounds import Rounds
 from fedswarm.roles.client.services import ClientServices
@@ -144,3 +144,12 @@ def test_client_db_has_no_fault_terms(tmp_path: Path) -> None:
     db.put_job(_job("fedavg"))
     assert db.get_job("job-0123456789ab") is not None
     db.close()
+
+
+def test_unknown_job_is_a_domain_error(tmp_path: Path) -> None:
+    svc = ClientServices(None, None, tmp_path, load_identity(tmp_path / "id"), None, None, None)  # type: ignore[arg-type]
+    with pytest.raises(JobNotFound, match="no job job-missing"):
+        svc.job("job-missing")
+    svc.db.put_job(_job("fedavg"))
+    assert svc.job("job-0123456789ab").terms.strategy == "fedavg"
+    svc.db.close()

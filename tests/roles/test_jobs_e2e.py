@@ -6,6 +6,7 @@ checks the report against the chain and the audit log it read.
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from fedswarm.demo import run_demo
@@ -81,12 +82,37 @@ def test_trainer_killed_mid_round(tmp_path):
 
 
 def test_client_restart_mid_round(tmp_path):
-    report = run_demo(trainers=3, rounds=4, faults=["client-restart"], workdir=tmp_path, quiet=True)
+    # FedAdam keeps server state between rounds: the restart must not lose it.
+    report = run_demo(trainers=3, rounds=4, faults=["client-restart"], strategy="fedadam",
+                      workdir=tmp_path, quiet=True)
     assert report["ok"], report.get("error")
     assert any("restarted" in line for line in report["faults"]["observed"])
     _assert_money_adds_up(report)  # nothing paid twice: the contract and the chain checks agree
     for t in report["trainers"]:
         assert t["units_accepted"] <= 4
+    _assert_fedadam_state_chain(tmp_path / "client", rounds=4)
+
+
+def _assert_fedadam_state_chain(client_home, rounds: int) -> None:
+    """Every round's global weights follow from the FedAdam state saved with them, and each
+    state follows from the one before (m and v agree on the round's mean delta): a client
+    that restarted with fresh moments would break the chain at the round after the restart."""
+    from safetensors.numpy import load_file
+
+    from fedswarm.learning.weights import flatten_state, load_weights_file
+
+    (job_dir,) = [p for p in (client_home / "jobs").iterdir() if p.is_dir()]
+    eta, b1, b2, tau = 0.01, 0.9, 0.99, 1e-3  # FedAdam's defaults (the demo sets none)
+    xs = [flatten_state(load_weights_file(job_dir / f"global-{r}.safetensors"))[0] for r in range(rounds + 1)]
+    states = {r: load_file(str(job_dir / f"strategy-{r}.safetensors")) for r in range(1, rounds + 1)}
+    m_prev, v_prev = np.zeros_like(xs[0]), np.full_like(xs[0], tau**2)
+    for r in range(1, rounds + 1):
+        m, v = states[r]["m"], states[r]["v"]
+        np.testing.assert_allclose(xs[r], xs[r - 1] + eta * m / (np.sqrt(v) + tau), rtol=1e-5, atol=1e-6)
+        delta = (m - b1 * m_prev) / (1 - b1)
+        np.testing.assert_allclose(v, b2 * v_prev + (1 - b2) * delta**2, rtol=1e-3, atol=1e-9,
+                                   err_msg=f"round {r - 1}: the server state does not follow the last one")
+        m_prev, v_prev = m, v
 
 
 def test_client_that_never_settles_is_claimed(tmp_path):
