@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fedswarm.learning.chunks import decode_chunk, encode_chunk
 from fedswarm.learning.reference import (
     Thresholds,
     UpdateHistory,
@@ -13,7 +14,7 @@ from fedswarm.learning.reference import (
     sketch,
     unit_stats,
 )
-from fedswarm.learning.review import UnitInput, review_round
+from fedswarm.learning.review import UnitInput, review_round, write_sample_chunk
 from fedswarm.learning.review_policy import (
     ReexecPolicy,
     TrainerRecords,
@@ -142,3 +143,16 @@ def test_review_round_rejects_malformed_units_without_a_reference_run() -> None:
     with pytest.raises(ValueError, match="unique"):
         review_round(g, [units[0], units[0]], round_index=0, secret=SECRET, evaluate=never,
                      reexecute=never, history=UpdateHistory(seed=0), records=TrainerRecords())
+
+
+def test_sample_chunk_is_a_bounded_seeded_subset(tmp_path) -> None:  # noqa: ANN001
+    x = np.arange(2000, dtype=np.float32).reshape(1000, 2)
+    y = np.arange(1000, dtype=np.int64)
+    (tmp_path / "c.safetensors").write_bytes(encode_chunk(x, y))
+    assert write_sample_chunk(tmp_path / "c.safetensors", tmp_path / "s.safetensors", seed=4, rows=100) == 100
+    sx, sy = decode_chunk((tmp_path / "s.safetensors").read_bytes())
+    assert sx.shape == (100, 2) and len(set(sy.tolist())) == 100
+    assert np.array_equal(sx[:, 0], sy * 2.0)  # rows stay whole
+    write_sample_chunk(tmp_path / "c.safetensors", tmp_path / "t.safetensors", seed=4, rows=100)
+    assert (tmp_path / "s.safetensors").read_bytes() == (tmp_path / "t.safetensors").read_bytes()
+    assert write_sample_chunk(tmp_path / "c.safetensors", tmp_path / "u.safetensors", seed=1, rows=5000) == 1000

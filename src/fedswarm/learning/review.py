@@ -14,10 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
 from fedswarm.learning.checks import UnitReport, Verdict, check_finite, check_shape
+from fedswarm.learning.chunks import decode_chunk, encode_chunk
 from fedswarm.learning.reference import (
     Thresholds,
     UnitStats,
@@ -38,9 +40,10 @@ from fedswarm.learning.review_policy import (
     plan_audits,
 )
 
-__all__ = ["VALIDATION", "ReviewReport", "UnitInput", "review_round"]
+__all__ = ["SAMPLE_ROWS", "VALIDATION", "ReviewReport", "UnitInput", "review_round", "write_sample_chunk"]
 
 VALIDATION = "validation"
+SAMPLE_ROWS = 256  # rows per evaluation sample: the review's cost per update is two such passes
 Evaluate = Callable[[np.ndarray, str], float]
 Reexecute = Callable[[str], np.ndarray]
 
@@ -326,3 +329,17 @@ def _finish(report: ReviewReport, verdicts: dict[str, list[Verdict]], by_id: dic
         if isinstance(arr, np.ndarray) and arr.shape == g.shape and np.isfinite(arr).all():
             history.add(round_index, uid, u.trainer, arr)
     return report
+
+
+def write_sample_chunk(source: str | Path, dest: str | Path, seed: int, rows: int = SAMPLE_ROWS) -> int:
+    """Write a seeded sample of at most ``rows`` rows of the plaintext chunk ``source`` to
+    ``dest`` (same chunk format, so the worker's evaluation reads it); returns the row count.
+
+    The client writes one per chunk (and one of the validation split) once per job, with a seed
+    drawn from its secret, so trainers cannot know which of their rows are scored."""
+    x, y = decode_chunk(Path(source).read_bytes())
+    idx = np.sort(np.random.default_rng(seed).permutation(x.shape[0])[:rows])
+    tmp = Path(dest).with_name(f".{Path(dest).name}.tmp")
+    tmp.write_bytes(encode_chunk(x[idx], y[idx]))
+    tmp.replace(dest)
+    return int(idx.size)
