@@ -12,9 +12,11 @@ import pytest
 
 from fedswarm.cli import build_parser
 from fedswarm.learning.weights import load_weights_bytes, save_weights_bytes, save_weights_file
+from fedswarm.roles.client import ClientRole
 from fedswarm.roles.launcher import node_argv
 from fedswarm.roles.trainer import TrainedUpdate, Trainer, UnitInputs
 from fedswarm.testing import node as testing_node
+from fedswarm.testing.client import NeverSettleClient
 from fedswarm.testing.faults import (
     POISON_SCALE,
     LazyTrainer,
@@ -72,6 +74,22 @@ def test_fault_names_map_to_trainer_doubles() -> None:
         faulty_trainer_class("kill")
 
 
+async def test_never_settle_client_sends_nothing_to_the_chain() -> None:
+    class NoChain:
+        def __getattr__(self, name: str) -> Any:
+            raise AssertionError(f"the never-settle client touched the ledger ({name})")
+
+    client = object.__new__(NeverSettleClient)
+    client.svc = SimpleNamespace(ledger=NoChain())  # type: ignore[assignment]
+    job: Any = SimpleNamespace(job_id="j1")
+
+    assert await client.settle_round(job, 0) is None
+    assert await client.complete_job(job, b"{}") is None
+    # It overrides the role's settlement seam, which the honest client runs on chain.
+    for seam in ("settle_round", "complete_job"):
+        assert getattr(NeverSettleClient, seam) is not getattr(ClientRole, seam)
+
+
 def test_the_normal_node_command_knows_no_faults(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     assert parser.parse_args(["node", "trainer"]).role == "trainer"
@@ -85,6 +103,8 @@ def test_testing_node_takes_the_node_flags_plus_a_fault_for_its_role(capsys: pyt
     assert (args.role, args.fault, args.price_wei, args.no_gpu) == ("trainer", "poison", 7, True)
     with pytest.raises(SystemExit):
         parser.parse_args(["node", "trainer"])  # --fault is required
+    args = parser.parse_args(["node", "client", "--fault", "never-settle"])
+    assert (args.role, args.fault) == ("client", "never-settle")
     with pytest.raises(SystemExit):
         testing_node.main(["bootstrap", "--fault", "lazy"])  # no such double
     assert "has no fault" in capsys.readouterr().err

@@ -4,7 +4,10 @@
 Faults (``--faults``) are injected the way they happen for real: ``kill`` SIGKILLs a chosen
 trainer once round 1 starts, ``poison`` and ``lazy`` start one trainer that cheats (it is the
 cheapest, so it gets picked), ``client-restart`` SIGKILLs the client mid-round and starts it
-again on the same home, ``never-settle`` makes the client skip settlement so trainers claim.
+again on the same home, ``never-settle`` runs a client that never settles so trainers claim.
+The cheating trainer and the non-paying client are ``fedswarm.testing`` doubles, started
+through its node entry point (``roles.launcher``'s ``fault=``); the nodes themselves know
+nothing of faults.
 """
 
 from __future__ import annotations
@@ -77,8 +80,10 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
         hb = ["--heartbeat", "1", "--peer-timeout", "8"]
         with console.status(f"starting bootstrap, client and {trainers + 1} trainers"):
             boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
+            # never-settle: the testing layer's client that never pays (its trainers claim).
+            client_fault = {"fault": "never-settle"} if "never-settle" in faults else {}
             specs: list[tuple[str, Path, dict[str, Any]]] = [
-                ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb]})]
+                ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb], **client_fault})]
             cheater = "poison" if "poison" in faults else "lazy" if "lazy" in faults else None
             for i in range(trainers + 1):  # one more than needed: the standby
                 extra = [*dn, *hb, "--no-gpu"]
@@ -104,7 +109,6 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
         terms = {"rounds": rounds, "trainers": trainers, "standby": 1, "strategy": strategy,
                  "label": lab, "round_deadline_s": 60.0, "price_cap_wei": 10**16,
                  "settle_window_s": 15 if "never-settle" in faults else 3600,
-                 "fault": "never-settle" if "never-settle" in faults else "none",
                  "local_epochs": 2, "batch_size": 32, "lr": 0.005}
         job_id = _submit(client, data_path, model or example, terms)
         console.print(f"submitted [bold]{job_id}[/] ({data_path.name}, {rounds} rounds, {trainers} trainers)")
@@ -195,7 +199,8 @@ def _follow_with_faults(client: NodeProcess, job_id: str, faults: list[str], tra
                 client.popen.send_signal(signal.SIGKILL)
                 client.popen.wait(10)
                 time.sleep(1.0)
-                client = start_node("client", client.home, bootstrap=boot.addr, extra_args=client_args)
+                client = start_node("client", client.home, bootstrap=boot.addr, extra_args=client_args,
+                                    fault=client.fault)  # the same double, if it was one
                 restarted = True
                 report["faults"]["observed"].append(
                     f"client-restart: client SIGKILLed in round {job['current_round']} and restarted")

@@ -29,6 +29,12 @@ class TrainerFault(StrEnum):
     LAZY = "lazy"  # never trains: hands back the global weights, claims the samples
 
 
+class ClientFault(StrEnum):
+    """How a faulty client misbehaves (the double is in :mod:`fedswarm.testing.client`)."""
+
+    NEVER_SETTLE = "never-settle"  # never pays: its trainers must claim after the settle window
+
+
 class FaultyTrainer(Trainer):
     """Base of the cheating trainers: ``/status`` names the fault (the API does not know it)."""
 

@@ -14,9 +14,7 @@ from collections.abc import Sequence
 
 from fedswarm.commands_node import cmd_node
 from fedswarm.commands_node import register as register_node
-from fedswarm.testing.faults import TrainerFault, faulty_trainer_class
-
-CLIENT_FAULTS = ("never-settle",)
+from fedswarm.testing.faults import ClientFault, TrainerFault, faulty_trainer_class
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -28,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
     register_node(sub)
     node = sub.choices["node"]
-    faults = [f.value for f in TrainerFault] + list(CLIENT_FAULTS)
+    faults = [f.value for f in TrainerFault] + [f.value for f in ClientFault]
     node.add_argument("--fault", required=True, choices=faults,
                       help="trainer: poison, lazy; client: never-settle")
     return parser
@@ -43,8 +41,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["node", *(sys.argv[1:] if argv is None else argv)])
     if args.role == "trainer" and args.fault in {f.value for f in TrainerFault}:
         classes: dict[str, type] = {"trainer_cls": faulty_trainer_class(args.fault)}
-    elif args.role == "client" and args.fault in CLIENT_FAULTS:
-        from fedswarm.testing.client import NeverSettleClient
+    elif args.role == "client" and args.fault == ClientFault.NEVER_SETTLE:
+        from fedswarm.testing.client import NeverSettleClient  # imports the client role only here
 
         classes = {"client_cls": NeverSettleClient}
     else:
