@@ -50,6 +50,8 @@ class Settings(BaseSettings):
     listen: str = Field(default="/ip4/127.0.0.1/tcp/0", alias="FEDSWARM_LISTEN")
     api: str = Field(default="127.0.0.1:0", alias="FEDSWARM_API")
     api_token: SecretStr | None = Field(default=None, alias="FEDSWARM_API_TOKEN")
+    # origins (scheme://host[:port], comma list) of UIs served elsewhere that may call this API
+    api_origins: str = Field(default="", alias="FEDSWARM_API_ORIGINS")
 
     # Object storage (Akave O3 / S3); empty means the devnet store.
     aws_access_key_id: SecretStr | None = None

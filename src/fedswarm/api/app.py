@@ -2,16 +2,14 @@
 
 Two faces: the seed's interface (``GET /status``, ``POST /command``) with the same shapes, and
 a REST API under ``/api/v1`` (OpenAPI at ``/docs``). Roles add their own routers (jobs on the
-client node). Mutating calls need ``Authorization: Bearer <token>`` whenever a token is set,
-and a token is mandatory when binding anywhere but loopback.
+client node). Who may call what is decided in one place, :mod:`fedswarm.api.guard`, applied to
+every route here; a token is mandatory when binding anywhere but loopback.
 """
 
 from __future__ import annotations
 
-import ipaddress
-import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -19,9 +17,19 @@ from fastapi import APIRouter, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedswarm import __version__
+from fedswarm.api.guard import (
+    JSON_BODY_MAX,
+    ApiGuard,
+    GuardMiddleware,
+    Principal,
+    Refusal,
+    is_loopback,
+)
 from fedswarm.p2p.node import Node
+from fedswarm.protocol.decode import DecodeError, decode_model, decode_object
 from fedswarm.protocol.messages import Chat, WireModel, decode
 
 CommandFn = Callable[[list[Any]], Awaitable[dict[str, Any]]]
@@ -52,37 +60,60 @@ class ApiError(Exception):
         self.status_code = status_code
 
 
-def is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
+# /command verbs that name files on the node's own disk: only a token holder may use them (a
+# browser session or an anonymous local caller could otherwise submit any file the node reads).
+TOKEN_ONLY_COMMANDS = frozenset({"train"})
+
+__all__ = ["ApiError", "CommandFn", "RoleParts", "TOKEN_ONLY_COMMANDS", "create_app", "is_loopback",
+           "principal_of", "read_json", "serve_api"]
+
+
+def principal_of(request: Request) -> Principal:
+    """The :class:`Principal` the guard admitted this request as."""
+    principal = getattr(request.state, "principal", None)
+    return principal if isinstance(principal, Principal) else Principal("local")
+
+
+async def read_json(request: Request, *, max_bytes: int = JSON_BODY_MAX, what: str = "request body") -> dict[str, Any]:
+    """A JSON object body through the bounded decoder (size, then depth, then parse)."""
     try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
+        return decode_object(await request.body(), max_bytes=max_bytes, what=what)
+    except DecodeError as exc:
+        raise ApiError(str(exc)) from None
 
 
 def create_app(
     node: Node,
     *,
     token: str | None = None,
+    bind_host: str = "127.0.0.1",
+    origins: Iterable[str] = (),
+    guard: ApiGuard | None = None,
     extra_routers: list[APIRouter] | None = None,
     extra_commands: dict[str, CommandFn] | None = None,
     status_extra: StatusFn | None = None,
 ) -> FastAPI:
-    """Build the ASGI app for ``node``."""
+    """Build the ASGI app for ``node``, every route behind ``guard`` (built from ``token``,
+    ``bind_host`` and ``origins`` when not given)."""
     app = FastAPI(title="fedswarm node API", version=__version__)
-
-    @app.middleware("http")
-    async def require_token(request: Request, call_next):  # type: ignore[no-untyped-def]
-        if token and request.method not in ("GET", "HEAD", "OPTIONS"):
-            given = request.headers.get("authorization", "")
-            if not secrets.compare_digest(given.encode(), f"Bearer {token}".encode()):
-                return JSONResponse({"status": "error", "error": "missing or wrong API token (send Authorization: Bearer <token>)"}, status_code=401)
-        return await call_next(request)
+    guard = guard or ApiGuard(bind_host=bind_host, token=token, origins=origins)
+    app.state.guard = guard
+    app.add_middleware(GuardMiddleware, guard=guard)
 
     @app.exception_handler(ApiError)
     async def _api_error(_: Request, exc: ApiError) -> JSONResponse:
         return JSONResponse({"status": "error", "error": str(exc)}, status_code=exc.status_code)
+
+    @app.exception_handler(Refusal)
+    async def _refused(_: Request, exc: Refusal) -> JSONResponse:
+        guard.refused[exc.reason] += 1
+        return JSONResponse({"status": "error", "error": str(exc)}, status_code=exc.status)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        detail = exc.detail if isinstance(exc.detail, str) else "request refused"
+        return JSONResponse({"status": "error", "error": detail.splitlines()[0] if detail else "error"},
+                            status_code=exc.status_code, headers=getattr(exc, "headers", None))
 
     @app.exception_handler(RequestValidationError)
     async def _bad_body(_: Request, exc: RequestValidationError) -> JSONResponse:
@@ -181,17 +212,32 @@ def create_app(
         out = {"status": "running", "role": node.role.value, "peer_id": node.peer_id,
                "address": node.identity.address, "addrs": node.addrs,
                "uptime_s": round(time.time() - node.started_at, 1), "version": __version__,
-               "stats": dict(node.stats), "limits": node.limits_status()}
+               "stats": dict(node.stats), "api_guard": guard.stats(), "limits": node.limits_status()}
         if status_extra:
             out.update(status_extra())
         return out
 
     @app.post("/command")
-    async def run_command(body: CommandBody) -> dict[str, Any]:
+    async def run_command(request: Request) -> dict[str, Any]:
+        try:
+            body = decode_model(CommandBody, await request.body(), max_bytes=JSON_BODY_MAX, what="command")
+        except DecodeError as exc:
+            raise ApiError(f"bad request: {exc}") from None
         fn = commands.get(body.cmd)
         if fn is None:
             raise ApiError(f"unknown command {body.cmd!r}; known: {', '.join(sorted(commands))}")
+        if body.cmd in TOKEN_ONLY_COMMANDS and principal_of(request).kind != "token":
+            raise Refusal(403, "token-only", f"command {body.cmd!r} reads files on the node: it needs the API token "
+                          "(Authorization: Bearer <token>, or the node home's api-secret)")
         return await fn(body.args)
+
+    @app.post("/api/v1/session")
+    async def session(request: Request) -> JSONResponse:
+        """Exchange the token for the UI's session cookie (a browser cannot send a Bearer token
+        with EventSource or a download link)."""
+        if principal_of(request).kind != "token":
+            raise Refusal(401, "no-credential", "a UI session needs the API token (Authorization: Bearer <token>)")
+        return JSONResponse({"status": "ok"}, headers={"Set-Cookie": guard.cookie_for(request)})
 
     v1 = APIRouter(prefix="/api/v1")
 
@@ -220,6 +266,7 @@ def create_app(
     from fedswarm.web import mount_ui
 
     mount_ui(app, role=node.role.value)
+    guard.learn_caps(app.routes)  # routes that take big bodies (uploads) declared their caps
     _ = decode  # re-exported for handlers that parse wire messages
     return app
 

@@ -15,12 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import trio
-from fastapi import APIRouter, File, Form, UploadFile
+from fastapi import APIRouter, Request
 from fastapi.responses import Response, StreamingResponse
 from pydantic import ValidationError
 
 from fedswarm import crypto
-from fedswarm.api.app import ApiError, RoleParts
+from fedswarm.api.app import ApiError, RoleParts, principal_of, read_json
+from fedswarm.api.guard import Refusal, max_body
+from fedswarm.api.uploads import UploadError, UploadForm, UploadLimits, read_form, remove_tree
 from fedswarm.examples import example_specs
 from fedswarm.p2p.node import Rejected
 from fedswarm.roles.client import (
@@ -34,7 +36,13 @@ from fedswarm.roles.client import (
 )
 from fedswarm.storage.sealed import SealedError
 
-MAX_UPLOAD = 2 << 30
+MAX_UPLOAD = 2 << 30  # a dataset file
+MAX_MODEL_UPLOAD = 1 << 20  # a model spec (the spec parser's own cap)
+MAX_WEIGHTS_UPLOAD = 512 << 20  # initial weights of an exported graph
+MAX_FORM_FIELD = 64 << 10  # terms, example name
+JOB_FORM = UploadLimits(files={"dataset": MAX_UPLOAD, "model": MAX_MODEL_UPLOAD, "weights": MAX_WEIGHTS_UPLOAD},
+                        fields={"terms": MAX_FORM_FIELD, "example": 256})
+COLUMNS_FORM = UploadLimits(files={"dataset": MAX_UPLOAD}, fields={})
 
 
 def parse_terms(raw: str | dict[str, Any] | None) -> JobTerms:
@@ -111,18 +119,17 @@ def job_parts(role: ClientRole) -> RoleParts:
         except JobNotFound as exc:
             raise ApiError(str(exc), 404) from None
 
-    async def save_upload(upload: UploadFile, dest_dir: Path) -> Path:
-        name = Path(upload.filename or "upload.bin").name[:128] or "upload.bin"
-        dest_dir.mkdir(parents=True, exist_ok=True)
-        path = dest_dir / name
-        size = 0
-        with path.open("wb") as fh:
-            while chunk := await upload.read(1 << 20):
-                size += len(chunk)
-                if size > MAX_UPLOAD:
-                    raise ApiError(f"{name} is larger than {MAX_UPLOAD >> 20} MiB", 413)
-                fh.write(chunk)
-        return path
+    async def receive_form(request: Request, dest: Path, limits: UploadLimits) -> UploadForm:
+        # streamed straight into dest, each part under its cap (see api/uploads.py)
+        try:
+            form = await read_form(request, dest, limits)
+        except UploadError as exc:
+            remove_tree(dest)
+            raise ApiError(str(exc), exc.status) from None
+        if "dataset" not in form.files:
+            remove_tree(dest)
+            raise ApiError("send the dataset file in the form field 'dataset'")
+        return form
 
     def load_model(raw: bytes, name: str) -> dict[str, Any]:
         try:
@@ -133,27 +140,40 @@ def job_parts(role: ClientRole) -> RoleParts:
             raise ApiError("the model must be a JSON object")
         return model
 
-    @router.post("/jobs")
-    async def submit_job(dataset: UploadFile = File(...), model: UploadFile | None = File(None),
-                         example: str | None = Form(None), terms: str = Form("{}"),
-                         weights: UploadFile | None = File(None)) -> dict[str, Any]:
-        job_terms = parse_terms(terms)
+    @router.post("/jobs", openapi_extra={"requestBody": {"content": {"multipart/form-data": {"schema": {
+        "type": "object", "required": ["dataset"], "properties": {
+            "dataset": {"type": "string", "format": "binary"}, "model": {"type": "string", "format": "binary"},
+            "weights": {"type": "string", "format": "binary"}, "example": {"type": "string"},
+            "terms": {"type": "string", "description": "JSON job terms"}}}}}}})
+    @max_body(JOB_FORM.max_body)
+    async def submit_job(request: Request) -> dict[str, Any]:
+        """Multipart: ``dataset`` file, ``model`` file or ``example`` name, ``terms`` JSON,
+        optional ``weights``. A refused submission leaves nothing behind."""
         dest = uploads / secrets.token_hex(6)
-        data_path = await save_upload(dataset, dest)
-        if model is not None:
-            spec = load_model(await model.read(), model.filename or "model")
-        elif example:
-            path = example_specs().get(example)
-            if path is None:
-                raise ApiError(f"no bundled example {example!r}; known: {', '.join(example_specs())}")
-            spec = json.loads(path.read_text())
-        else:
-            raise ApiError("send a model file or pick a bundled example")
-        weights_path = await save_upload(weights, dest) if weights is not None else None
+        form = await receive_form(request, dest, JOB_FORM)
         try:
-            job_id = await role.submit(data_path, spec, job_terms, dataset.filename or "", weights_path)
+            job_terms = parse_terms(form.fields.get("terms", "{}"))
+            example = form.fields.get("example")
+            if "model" in form.files:
+                model = form.files["model"]
+                spec = load_model(model.path.read_bytes(), model.filename)
+            elif example:
+                path = example_specs().get(example)
+                if path is None:
+                    raise ApiError(f"no bundled example {example[:60]!r}; known: {', '.join(example_specs())}")
+                spec = json.loads(path.read_text())
+            else:
+                raise ApiError("send a model file or pick a bundled example")
+            weights = form.files.get("weights")
+            dataset = form.files["dataset"]
+            job_id = await role.submit(dataset.path, spec, job_terms, dataset.filename,
+                                       weights.path if weights else None)
         except SubmitError as exc:
+            remove_tree(dest)
             raise ApiError(str(exc)) from None
+        except BaseException:
+            remove_tree(dest)
+            raise
         return {"status": "ok", "job_id": job_id}
 
     @router.get("/jobs")
@@ -199,8 +219,13 @@ def job_parts(role: ClientRole) -> RoleParts:
                                  headers={"Cache-Control": "no-cache"})
 
     @router.get("/jobs/{job_id}/result")
-    async def job_result(job_id: str) -> Response:
+    async def job_result(job_id: str, request: Request) -> Response:
         job = get_job(job_id)
+        # the decrypted weights go to the job's owner only (the node's token or UI session; a
+        # wallet session for the wallet that owns the job)
+        if not principal_of(request).owns(getattr(job, "owner", None)):
+            raise Refusal(403, "not-owner", f"the result of {job_id} is served to its owner only: "
+                          "use the node's UI, the API token, or `fedswarm job fetch`")
         if job.state != "done" or not job.result_key:
             raise ApiError(f"job {job_id} has no result yet (state {job.state})", 409)
         try:
@@ -221,27 +246,26 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"url": url, "sha256": job.result_sha256, "job_id": job_id}
 
     @router.post("/quote")
-    async def quote(body: dict[str, Any]) -> dict[str, Any]:
-        return make_quote(role, parse_terms(body))
+    async def quote(request: Request) -> dict[str, Any]:
+        return make_quote(role, parse_terms(await read_json(request, what="terms")))
 
     @router.get("/examples")
     async def examples() -> dict[str, Any]:
         return {"examples": [{"name": n, "spec": json.loads(p.read_text())} for n, p in example_specs().items()]}
 
     @router.post("/columns")
-    async def columns(dataset: UploadFile = File(...)) -> dict[str, Any]:
+    @max_body(COLUMNS_FORM.max_body)
+    async def columns(request: Request) -> dict[str, Any]:
         from fedswarm.learning.dataset import DatasetError, peek_columns
 
         folder = uploads / ("peek-" + secrets.token_hex(4))
-        path = await save_upload(dataset, folder)
+        form = await receive_form(request, folder, COLUMNS_FORM)
         try:
-            cols = await in_thread(peek_columns, path)
+            cols = await in_thread(peek_columns, form.files["dataset"].path)
         except DatasetError as exc:
             raise ApiError(str(exc)) from None
         finally:
-            import shutil
-
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_tree(folder)
         return {"columns": [{"name": c.name, "kind": str(c.kind), "numeric": c.numeric} for c in cols]}
 
     @router.get("/node")

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 import trio
 
 from fedswarm.api.app import RoleParts, create_app, is_loopback, serve_api
+from fedswarm.api.guard import write_local_secret
 from fedswarm.config import NODE_INFO_FILE, ConfigError, Settings, read_node_info, write_node_info
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node
@@ -78,8 +79,10 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
     node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
     parts = await build_role(role, node, settings, home, role_opts, client_cls=client_cls,
                              trainer_cls=trainer_cls)
-    app = create_app(node, token=token, extra_routers=parts.routers,
-                     extra_commands=parts.commands, status_extra=parts.status)
+    app = create_app(node, token=token, bind_host=api_host, origins=settings.api_origins.split(","),
+                     extra_routers=parts.routers, extra_commands=parts.commands, status_extra=parts.status)
+    # the local CLI's credential: readable by this user only, new at every start
+    write_local_secret(home, app.state.guard.local_secret)
     app.state.settings = settings  # routes that read backends (the UI's audit view) follow --devnet-home
     async with trio.open_nursery() as nursery:
         await nursery.start(node.serve)

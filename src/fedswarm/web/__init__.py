@@ -35,10 +35,17 @@ def mount_ui(app: FastAPI, role: str, settings: Any | None = None) -> None:
     app.mount("/ui/static", StaticFiles(directory=STATIC_DIR), name="ui-static")
 
     @app.get("/", include_in_schema=False)
-    async def index() -> FileResponse:
-        return FileResponse(STATIC_DIR / "index.html", media_type="text/html",
-                            headers={"Content-Security-Policy": CSP, "Cache-Control": "no-cache",
-                                     "X-Content-Type-Options": "nosniff"})
+    async def index(request: Request) -> FileResponse:
+        headers = {"Content-Security-Policy": CSP, "Cache-Control": "no-store",
+                   "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+        # The page hands the browser this start's session cookie (HttpOnly, SameSite=Strict):
+        # what the UI's changes and result downloads are admitted by (see fedswarm.api.guard).
+        # With a token configured, or bound publicly, the UI exchanges the token instead.
+        guard = getattr(request.app.state, "guard", None)
+        cookie = guard.session_cookie(request) if guard is not None else None
+        if cookie:
+            headers["Set-Cookie"] = cookie
+        return FileResponse(STATIC_DIR / "index.html", media_type="text/html", headers=headers)
 
     @app.get("/ui", include_in_schema=False)
     async def ui_redirect() -> RedirectResponse:

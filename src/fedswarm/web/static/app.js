@@ -1,5 +1,5 @@
 // fedswarm UI: hash-routed single-page app (Network, New job, Job, History, Settings).
-import { api, getToken, setToken } from "./api.js";
+import { api, getToken, openSession, setToken } from "./api.js";
 import { h, fill, short, wei, num, when, table } from "./dom.js";
 import { roundsChart } from "./chart.js";
 
@@ -369,11 +369,16 @@ async function settingsPage() {
     "aria-describedby": "api-token-hint" });
   const saved = h("p", { class: "small", "aria-live": "polite" });
   const form = h("form", { id: "token-form" },
-    field("API token", tokenIn, "Kept in this browser (localStorage) and sent as a Bearer token on changes (submit, cancel)."),
+    field("API token", tokenIn, "Kept in this browser (localStorage) and sent as a Bearer token with every call; needed when the node is bound publicly or started with a token."),
     h("div", { class: "actions" }, h("button", { type: "submit", class: "primary" }, "Save token"),
       h("button", { type: "button", onclick: () => { tokenIn.value = ""; setToken(""); saved.textContent = "Token cleared."; } }, "Clear")),
     saved);
-  form.addEventListener("submit", (ev) => { ev.preventDefault(); setToken(tokenIn.value.trim()); saved.textContent = "Token saved in this browser."; });
+  form.addEventListener("submit", async (ev) => {
+    ev.preventDefault();
+    setToken(tokenIn.value.trim());
+    const ok = await openSession();
+    saved.textContent = !getToken() ? "Token cleared." : ok ? "Token saved in this browser; session opened." : "Token saved, but the node refused it.";
+  });
   page("Settings", info, h("h2", {}, "API access"), form);
   try {
     const status = await api("/status");
@@ -415,6 +420,7 @@ function route() {
 }
 
 async function start() {
+  await openSession();  // with a stored token: the session cookie for live updates and downloads
   try { uiInfo = await api("/api/v1/ui"); } catch { /* older node: assume a client */ }
   for (const li of document.querySelectorAll("[data-client]")) li.hidden = uiInfo.role !== "client";
   document.getElementById("node-badge").textContent = `${uiInfo.role} node`;
