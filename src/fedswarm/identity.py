@@ -11,7 +11,6 @@ Key material is never logged; ``Identity.__repr__`` shows public parts only.
 from __future__ import annotations
 
 import os
-import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,12 +20,11 @@ from eth_account.signers.local import LocalAccount
 from nacl.public import PrivateKey as BoxPrivateKey
 from nacl.public import PublicKey as BoxPublicKey
 
-# py_ecc (imported by eth_account) raises the recursion limit to 100,000 at import: deep enough
-# for CPython's C JSON decoder to overflow the C stack (SIGSEGV, no RecursionError) on ~75,000
-# nested "[" from outside. Every process that holds keys imports this module: put it back.
-SANE_RECURSION_LIMIT = 1000  # CPython's default
-if sys.getrecursionlimit() > SANE_RECURSION_LIMIT:
-    sys.setrecursionlimit(SANE_RECURSION_LIMIT)
+from fedswarm.logs import pin_recursion_limit
+
+# py_ecc (imported by eth_account just above) raised the recursion limit to 100,000: put it back
+# (see pin_recursion_limit) for every process that holds keys, whatever its entry point.
+pin_recursion_limit()
 
 NODE_KEY_FILE = "node.key"
 WALLET_KEY_FILE = "wallet.key"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import sys
@@ -53,6 +54,23 @@ def setup_logging(level: str = "INFO", json_lines: bool = False, name: str | Non
     for noisy in ("httpx", "httpcore", "hpack", "web3", "urllib3", "botocore"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     logging.Formatter.converter = time.gmtime
+    pin_recursion_limit()  # every process sets up logging first: the one place to do it
+
+
+SANE_RECURSION_LIMIT = 1000  # CPython's default
+
+
+def pin_recursion_limit(limit: int = SANE_RECURSION_LIMIT) -> None:
+    """Keep the process's recursion limit at ``limit``, before and after py_ecc.
+
+    py_ecc (under eth_account and web3) raises the limit to 100,000 when it is first imported,
+    and at that depth CPython's C JSON decoder overflows the C stack (SIGSEGV, no
+    ``RecursionError``) on ~75,000 nested ``[`` from outside. It is imported here, once, so
+    that its side effect happens now and not in the middle of some later lazy import."""
+    with contextlib.suppress(ImportError):
+        import py_ecc  # noqa: F401  (imported for its side effect, which is then undone)
+    if sys.getrecursionlimit() > limit:
+        sys.setrecursionlimit(limit)
 
 
 def route_libp2p_logging(level: int = logging.WARNING) -> None:

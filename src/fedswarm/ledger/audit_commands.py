@@ -149,7 +149,6 @@ def _tail(args: argparse.Namespace) -> int:
 
 def _verify(args: argparse.Namespace) -> int:
     from fedswarm.ledger.verify import verify_page
-
     from fedswarm.protocol.decode import MAX_MIRROR_JSON, decode_json
 
     try:
