@@ -136,3 +136,19 @@ def test_deep_json_would_crash_an_unguarded_decoder_in_this_environment() -> Non
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     assert out.stdout.startswith("refused")
+
+
+@pytest.mark.parametrize("value", [
+    ["\\", "[", ["\\\"]", "\\\\[[["]],
+    {"k\\": ["\"[{", {"x": "\\\\\\\"]]]"}]},
+    [[[["]]]]"]]]],  # closers inside a string must not hide real openers
+])
+def test_escapes_and_brackets_in_strings_are_lexed_like_json(value: object) -> None:
+    text = json.dumps(value).encode()
+    depth = _depth(value)
+    assert nesting_depth_ok(text, depth) and not nesting_depth_ok(text, depth - 1)
+
+
+def test_string_closers_cannot_hide_deep_openers() -> None:
+    evil = b'["' + b"]" * 50_000 + b'",' + b"[" * 50_000
+    assert not nesting_depth_ok(evil, 32)
