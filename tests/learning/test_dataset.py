@@ -208,3 +208,145 @@ def test_one_gb_csv_streams_under_300_mb(tmp_path: Path) -> None:
     print(res)
     assert res["train"] + res["val"] == rows and res["chunk_rows"] == res["train"]
     assert res["rss_mb"] < 300, res
+
+
+# --------------------------------------------------------------------------- hostile files
+
+
+def _npy_header(shape: tuple[int, ...], descr: str = "<f8") -> bytes:
+    import io
+
+    buf = io.BytesIO()
+    np.lib.format.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue()
+
+
+def _write_zero_npz(path: Path, arrays: dict[str, tuple[tuple[int, ...], str]]) -> None:
+    """An .npz of zero arrays written piece by piece (a compression bomb without the RAM)."""
+    with zipfile.ZipFile(path, "w", compression=zipfile.ZIP_DEFLATED) as zf:
+        for name, (shape, descr) in arrays.items():
+            with zf.open(name + ".npy", "w", force_zip64=True) as fh:
+                fh.write(_npy_header(shape, descr))
+                left = int(np.prod(shape)) * np.dtype(descr).itemsize
+                zero = bytes(1 << 20)
+                while left:
+                    fh.write(zero[: min(left, len(zero))])
+                    left -= min(left, len(zero))
+
+
+def test_npz_bomb_dry_run_reads_one_bounded_batch(tmp_path: Path) -> None:
+    import tracemalloc
+
+    path = tmp_path / "bomb.npz"
+    # 65536 x 512 float64 = 256 MiB of zeros in a file of about 0.3 MiB
+    _write_zero_npz(path, {"x": ((65536, 512), "<f8"), "y": ((65536,), "<i8")})
+    assert path.stat().st_size < 2 << 20
+    limits = ds.IngestLimits(max_batch_bytes=8 << 20)
+    tracemalloc.start()
+    try:
+        run = ds.dry_run(path, "y", limits=limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert run.x.shape == (8, 512)
+    assert peak < 40 << 20, f"dry run peaked at {peak >> 20} MiB"
+
+
+def test_npz_refuses_object_structured_truncated_and_oversized(tmp_path: Path) -> None:
+    cases = {
+        "object": {"x": ((4, 2), "|O"), "y": ((4,), "<i8")},
+        "structured": {"x": ((4,), "|V8"), "y": ((4,), "<i8")},
+    }
+    for name, arrays in cases.items():
+        p = tmp_path / f"{name}.npz"
+        with zipfile.ZipFile(p, "w") as zf:
+            for key, (shape, descr) in arrays.items():
+                zf.writestr(key + ".npy", _npy_header(shape, descr) + bytes(64))
+        with pytest.raises(ds.DatasetError, match="dtype"):
+            ds.peek_columns(p)
+    p = tmp_path / "short.npz"
+    with zipfile.ZipFile(p, "w") as zf:
+        zf.writestr("x.npy", _npy_header((1000, 4)) + bytes(100))
+        zf.writestr("y.npy", _npy_header((1000,), "<i8") + bytes(8000))
+    with pytest.raises(ds.DatasetError, match="truncated"):
+        ds.peek_columns(p)
+    p = tmp_path / "big.npz"
+    _write_zero_npz(p, {"x": ((1024, 64), "<f8"), "y": ((1024,), "<i8")})
+    with pytest.raises(ds.DatasetError, match="decompress"):
+        ds.peek_columns(p, ds.IngestLimits(max_bytes=100_000))
+    # one row over the per-read cap is refused, not allocated
+    with pytest.raises(ds.DatasetError, match="one row"):
+        ds.dry_run(p, "y", limits=ds.IngestLimits(max_batch_bytes=256))
+
+
+def test_csv_with_a_huge_line_is_refused(tmp_path: Path) -> None:
+    p = tmp_path / "long.csv"
+    with p.open("w") as fh:
+        fh.write("a,label\n1,0\n")
+        fh.write("2" * (3 << 20) + ",1\n")
+    with pytest.raises(ds.DatasetError, match="longer than"):
+        ds.dry_run(p, "label", rows=100_000)
+        list(ds.open_source(p).batches(["a"], "label"))
+
+
+def test_parquet_row_group_over_the_cap_is_refused_from_metadata(tmp_path: Path) -> None:
+    p = tmp_path / "wide.parquet"
+    n = 20_000
+    pq.write_table(pa.table({"a": np.zeros(n), "s": ["x" * 200] * n, "label": np.zeros(n, dtype=np.int64)}), p,
+                   row_group_size=n, compression="zstd", use_dictionary=False)
+    assert p.stat().st_size < 200_000
+    with pytest.raises(ds.DatasetError, match="row group 0"):
+        ds.peek_columns(p, ds.IngestLimits(max_row_group_bytes=1 << 20))
+    run = ds.dry_run(p, "label", features=["a"], limits=ds.IngestLimits(max_batch_bytes=64 << 10))
+    assert run.x.shape == (8, 1)
+    bad = tmp_path / "footer.parquet"
+    bad.write_bytes(b"PAR1" + bytes(16) + (1 << 30).to_bytes(4, "little") + b"PAR1")
+    with pytest.raises(ds.DatasetError, match="metadata"):
+        ds.peek_columns(bad)
+
+
+_FUZZ_LIMITS = ds.IngestLimits(max_bytes=1 << 20, max_rows=10_000, max_batch_bytes=1 << 20,
+                               max_row_group_bytes=4 << 20)
+
+
+def _fuzz_read(path: Path) -> None:
+    try:
+        ds.dry_run(path, None, limits=_FUZZ_LIMITS)
+    except ds.DatasetError as exc:
+        assert "\n" not in str(exc)
+
+
+def _good_npz(tmp: Path) -> bytes:
+    p = tmp / "g.npz"
+    np.savez(p, x=np.arange(40, dtype=np.float32).reshape(10, 4), y=np.arange(10) % 2)
+    return p.read_bytes()
+
+
+def _good_parquet(tmp: Path) -> bytes:
+    p = tmp / "g.parquet"
+    pq.write_table(pa.table({"a": np.arange(10.0), "label": np.arange(10) % 2}), p)
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet", "csv"])
+def test_fuzzed_dataset_files_fail_with_one_line(tmp_path: Path, fmt: str) -> None:
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    seeds = {"npz": _good_npz(tmp_path), "parquet": _good_parquet(tmp_path),
+             "csv": b"a,b,label\n1,2,0\n3,4,1\n5,6,0\n"}
+    seed = seeds[fmt]
+
+    @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
+    @given(cut=st.integers(0, len(seed)), flips=st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)),
+                                                         max_size=6), junk=st.binary(max_size=64))
+    def run(cut: int, flips: list[tuple[int, int]], junk: bytes) -> None:
+        data = bytearray(seed[:cut] + junk)
+        for pos, val in flips:
+            if pos < len(data):
+                data[pos] = val
+        p = tmp_path / f"fuzz.{fmt}"
+        p.write_bytes(bytes(data))
+        _fuzz_read(p)
+
+    run()

@@ -66,6 +66,11 @@ class IngestLimits:
     max_classes: int = 10_000
     max_chunks: int = 1000
     max_chunk_bytes: int = 256 << 20
+    # What one read may allocate: a batch of rows (as float64 features) and one Parquet row
+    # group as decompressed. Sizes come from headers and metadata, checked before the read.
+    max_batch_bytes: int = 32 << 20
+    max_row_group_bytes: int = 512 << 20
+    max_parquet_footer: int = 16 << 20
 
 
 @dataclass(frozen=True)
@@ -258,9 +263,34 @@ def _table_to_x(batch: pa.RecordBatch, features: list[str], name: str) -> np.nda
     return x
 
 
+def batch_rows(row_bytes: int, limits: IngestLimits, name: str) -> int:
+    """Rows per read so that one batch stays under ``limits.max_batch_bytes``."""
+    if row_bytes > limits.max_batch_bytes:
+        raise DatasetError(f"{name}: one row takes {row_bytes} bytes, over the cap of {limits.max_batch_bytes} per read")
+    return max(1, min(_BATCH_ROWS, limits.max_batch_bytes // max(1, row_bytes)))
+
+
+def _parquet_footer_size(path: Path) -> int:
+    """The footer (metadata) length from the file's last 8 bytes, read before pyarrow parses it."""
+    with path.open("rb") as fh:
+        fh.seek(0, os.SEEK_END)
+        if fh.tell() < 12:
+            return -1
+        fh.seek(-8, os.SEEK_END)
+        tail = fh.read(8)
+    if tail[4:] != b"PAR1":
+        return -1
+    return int.from_bytes(tail[:4], "little")
+
+
 class _ParquetSource(_Source):
     def __init__(self, path: Path, limits: IngestLimits) -> None:
-        self.path, self.name = path, path.name
+        self.path, self.name, self.limits = path, path.name, limits
+        footer = _parquet_footer_size(path)
+        if footer < 0:
+            raise DatasetError(f"{self.name}: not a readable Parquet file (no PAR1 footer)")
+        if footer > limits.max_parquet_footer:
+            raise DatasetError(f"{self.name}: Parquet metadata of {footer} bytes is over the cap of {limits.max_parquet_footer}")
         try:
             self.file = pq.ParquetFile(path)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -268,15 +298,27 @@ class _ParquetSource(_Source):
         schema = self.file.schema_arrow
         if len(schema.names) > limits.max_columns:
             raise DatasetError(f"{self.name}: {len(schema.names)} columns is over the cap of {limits.max_columns}")
-        if self.file.metadata.num_rows == 0:
+        meta = self.file.metadata
+        if meta.num_rows == 0:
             raise DatasetError(f"{self.name}: no data rows")
-        if self.file.metadata.num_rows > limits.max_rows:
-            raise DatasetError(f"{self.name}: {self.file.metadata.num_rows} rows is over the cap of {limits.max_rows}")
+        if meta.num_rows > limits.max_rows:
+            raise DatasetError(f"{self.name}: {meta.num_rows} rows is over the cap of {limits.max_rows}")
+        # pyarrow decompresses a row group's column chunks whole: check their declared sizes
+        # before reading any (and the widest row, which sets how many rows one batch may hold).
+        self.row_bytes = len(schema.names) * 8
+        for i in range(meta.num_row_groups):
+            rg = meta.row_group(i)
+            if rg.total_byte_size > limits.max_row_group_bytes or rg.total_byte_size < 0:
+                raise DatasetError(f"{self.name}: row group {i} decompresses to {rg.total_byte_size} bytes, over the cap of "
+                                   f"{limits.max_row_group_bytes}; write it with smaller row groups")
+            if rg.num_rows:
+                self.row_bytes = max(self.row_bytes, -(-rg.total_byte_size // rg.num_rows))
         self.columns = [ColumnInfo(f.name, _kind(f.type)) for f in schema]
 
     def batches(self, features: list[str], label: str) -> Batches:
+        rows = batch_rows(max(self.row_bytes, (len(features) + 1) * 8), self.limits, self.name)
         try:
-            for batch in self.file.iter_batches(batch_size=_BATCH_ROWS, columns=[*features, label]):
+            for batch in self.file.iter_batches(batch_size=rows, columns=[*features, label]):
                 if batch.num_rows:
                     yield _table_to_x(batch, features, self.name), batch.column(label)
         except (pa.ArrowInvalid, OSError) as exc:
@@ -303,6 +345,8 @@ class _NpyMember:
             raise DatasetError(f"{name}: array {member!r} is not a valid .npy ({str(exc)[:100]})") from None
         if dtype.hasobject:
             raise DatasetError(f"{name}: array {member!r} has object dtype (pickled data); refused")
+        if dtype.kind not in "biufcSU" or dtype.itemsize == 0:
+            raise DatasetError(f"{name}: array {member!r} has dtype {dtype.str}; use numbers or strings")
         if fortran and len(shape) > 1:
             raise DatasetError(f"{name}: array {member!r} is Fortran-ordered; save it C-ordered")
         if len(shape) not in (1, 2):
@@ -310,6 +354,8 @@ class _NpyMember:
         self.shape, self.dtype = shape, dtype
         self.row_items = int(np.prod(shape[1:], dtype=np.int64)) if len(shape) > 1 else 1
         self.row_bytes = self.row_items * dtype.itemsize
+        # a batch is read as stored and converted to float64: bound both copies
+        self.batch_rows = batch_rows(self.row_items * max(dtype.itemsize, 8), limits, name)
         expected = shape[0] * self.row_bytes
         if expected > info.file_size:
             raise DatasetError(f"{name}: array {member!r} is truncated")
@@ -339,6 +385,9 @@ class _NpzSource(_Source):
             raise DatasetError(f"{self.name}: not a valid .npz (zip) file ({str(exc)[:100]})") from None
         if not names:
             raise DatasetError(f"{self.name}: no arrays in the .npz file")
+        declared = sum(i.file_size for i in self.zf.infolist())
+        if declared > limits.max_bytes:
+            raise DatasetError(f"{self.name}: arrays decompress to {declared} bytes, over the cap of {limits.max_bytes}")
         if len(names) > limits.max_columns + 1:
             raise DatasetError(f"{self.name}: {len(names)} arrays is over the cap of {limits.max_columns}")
         self.x_key = x_key if x_key in names else None
@@ -383,10 +432,13 @@ class _NpzSource(_Source):
             idx = []
             members = {f: self._member(f) for f in features}
         members[label] = self._member(label)
+        step = min(m.batch_rows for m in members.values())
+        if "__x__" not in members:
+            step = min(step, batch_rows(len(features) * 8, self.limits, self.name))
         try:
             done = 0
             while done < self.rows:
-                n = min(_BATCH_ROWS, self.rows - done)
+                n = min(step, self.rows - done)
                 if "__x__" in members:
                     x = members["__x__"].read(n)[:, idx].astype(np.float64)
                 else:
