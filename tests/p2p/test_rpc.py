@@ -8,6 +8,7 @@ import os
 import socket
 import struct
 
+import httpx
 import pytest
 import trio
 from conftest import Swarm, bootmesh_roles
@@ -20,8 +21,8 @@ from fedswarm.protocol.topics import MARKET_TOPIC
 pytestmark = pytest.mark.slow
 
 
-async def _probe_node(tmp_path, swarm: Swarm, nursery: trio.Nursery) -> Node:
-    node = Node(load_identity(tmp_path / "probe"), Role.CLIENT, bootstrap=[swarm.bootstrap.addr],
+async def _probe_node(tmp_path, swarm: Swarm, nursery: trio.Nursery, name: str = "probe") -> Node:
+    node = Node(load_identity(tmp_path / name), Role.CLIENT, bootstrap=[swarm.bootstrap.addr],
                 heartbeat_interval=0.5)
     await nursery.start(node.serve)
     with trio.fail_after(15):
@@ -101,14 +102,22 @@ async def test_hostile_input_keeps_nodes_serving(tmp_path, swarm: Swarm) -> None
         await node.publish("fedswarm/job/burst/1", Chat(text="still fine"))
         await trio.sleep(1.0)
 
-        # Assert: the target still answers, and still serves others.
-        reply, _ = await node.request(target.peer_id, Ping(nonce=7))
+        # Assert: that much garbage got the probe banned (its requests are refused now), and the
+        # target still serves everyone else.
+        with pytest.raises(RpcError):
+            await node.request(target.peer_id, Ping(nonce=6), timeout=5)
+        other = await _probe_node(tmp_path, swarm, nursery, "probe2")
+        reply, _ = await other.request(target.peer_id, Ping(nonce=7))
         assert reply.nonce == 7  # type: ignore[attr-defined]
         with pytest.raises(RpcError):
-            await node.request(target.peer_id, EchoBlob(size=10), b"12345")  # size lie -> structured error
+            await other.request(target.peer_id, EchoBlob(size=10), b"12345")  # size lie -> structured error
         nursery.cancel_scope.cancel()
 
     assert target.popen.poll() is None
+    limits = httpx.get(f"{target.api}/status", timeout=10).json()["limits"]
+    assert node.peer_id in limits["banned"] and limits["counters"]["bans"] >= 1
+    assert limits["counters"]["rpc_oversize"] >= 1 and limits["counters"]["gossip_invalid"] >= 1
+    assert limits["recursion_limit"] <= 1000
     stats = (await trio.to_thread.run_sync(lambda: target.command("local")))
     assert stats["status"] == "ok"
     roles = await trio.to_thread.run_sync(bootmesh_roles, swarm.client)
