@@ -120,10 +120,18 @@ class ObjectStore(ABC):
         streaming it. ``content_length`` is the size of a file object when known."""
 
     @abstractmethod
-    def get(self, key: str, dst: Destination) -> ObjectInfo:
+    def get(self, key: str, dst: Destination, *, max_bytes: int | None = None) -> ObjectInfo:
         """Stream the object under ``key`` into ``dst`` (a writable binary file or a path);
         raises `ObjectNotFound` if absent and `IntegrityError` if the content does not match
-        the stored hash."""
+        the stored hash. With ``max_bytes`` (always, for an object a peer wrote) a declared
+        size over the cap is refused before reading and the read stops at the cap
+        (`ObjectTooLarge`)."""
+
+    def presign_put_exact(self, key: str, ttl: float, size: int) -> str:
+        """A PUT URL for a body of exactly ``size`` bytes where the backend can bind it (S3
+        signs Content-Length); elsewhere at most ``size`` bytes (the devnet store's signed
+        ``max``), the receiver's hash check catching a shorter body."""
+        return self.presign_put(key, ttl, size)
 
     @abstractmethod
     def presign_get(self, key: str, ttl: float) -> str:
@@ -179,6 +187,18 @@ def _remaining_size(fh: BinaryIO) -> int | None:
         return end - pos
     except (AttributeError, OSError, ValueError):
         return None
+
+
+def check_declared_size(key: str, declared: int | None, max_bytes: int | None) -> None:
+    """Refuse before reading when the store declares more than the caller's cap."""
+    if max_bytes is not None and declared is not None and declared > max_bytes:
+        raise ObjectTooLarge(f"{key}: the store holds {declared} bytes, larger than the cap of {max_bytes}; not downloaded")
+
+
+def check_running_size(key: str, size: int, max_bytes: int | None) -> None:
+    """Stop a read that passes the cap (the declared size may be absent or wrong)."""
+    if max_bytes is not None and size > max_bytes:
+        raise ObjectTooLarge(f"{key}: the object is larger than the cap of {max_bytes} bytes; download stopped")
 
 
 @contextmanager

@@ -35,6 +35,8 @@ from fedswarm.storage.base import (
     Source,
     StoreError,
     StoreUnavailable,
+    check_declared_size,
+    check_running_size,
     open_destination,
     open_source,
     validate_key,
@@ -140,18 +142,21 @@ class LocalStore(ObjectStore):
             raise IntegrityError(f"store recorded a different hash for {key}: upload corrupted; retry")
         return ObjectInfo(key, int(body["size"]), body["sha256"], body["sha256"])
 
-    def get(self, key: str, dst: Destination) -> ObjectInfo:
+    def get(self, key: str, dst: Destination, *, max_bytes: int | None = None) -> ObjectInfo:
         url = self._url("GET", key, _INTERNAL_TTL_S)
         h = hashlib.sha256()
         size = 0
         try:
             with self._http.stream("GET", url) as resp:
                 self._check(resp, key)
+                declared = resp.headers.get("content-length")
+                check_declared_size(key, int(declared) if declared and declared.isdigit() else None, max_bytes)
                 expected = resp.headers.get("x-fedswarm-sha256")
                 with open_destination(dst) as out:
                     for chunk in resp.iter_bytes(COPY_BUFSIZE):
-                        h.update(chunk)
                         size += len(chunk)
+                        check_running_size(key, size, max_bytes)
+                        h.update(chunk)
                         out.write(chunk)
                     if expected and h.hexdigest() != expected:
                         raise IntegrityError(f"object {key} does not match its sha256; retry")

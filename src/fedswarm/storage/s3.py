@@ -34,6 +34,8 @@ from fedswarm.storage.base import (
     Source,
     StoreError,
     StoreUnavailable,
+    check_declared_size,
+    check_running_size,
     open_destination,
     open_source,
     validate_key,
@@ -191,8 +193,13 @@ class S3Store(ObjectStore):
                                  f"after uploading {sent}; retry")
         return ObjectInfo(key, int(sent or 0), sha, info.etag)
 
-    def get(self, key: str, dst: Destination) -> ObjectInfo:
+    def get(self, key: str, dst: Destination, *, max_bytes: int | None = None) -> ObjectInfo:
         validate_key(key)
+        if max_bytes is not None:  # HEAD first: an oversized object is never requested at all
+            info = self.head(key)
+            if info is None:
+                raise ObjectNotFound(f"no object {key}")
+            check_declared_size(key, info.size, max_bytes)
         try:
             resp = self._s3.get_object(Bucket=self.bucket, Key=key)
         except (ClientError, BotoCoreError) as exc:
@@ -202,10 +209,12 @@ class S3Store(ObjectStore):
         size = 0
         body = resp["Body"]
         try:
+            check_declared_size(key, resp.get("ContentLength"), max_bytes)  # replaced since HEAD?
             with open_destination(dst) as out:
                 for chunk in body.iter_chunks(COPY_BUFSIZE):
-                    h.update(chunk)
                     size += len(chunk)
+                    check_running_size(key, size, max_bytes)
+                    h.update(chunk)
                     out.write(chunk)
                 if size != resp.get("ContentLength", size):
                     raise IntegrityError(f"{key}: got {size} of {resp['ContentLength']} bytes; retry")

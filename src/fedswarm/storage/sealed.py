@@ -184,7 +184,7 @@ def open_stored(store: ObjectStore, obj: SealedObject, *, sha256: str, max_bytes
     dec = _opener(obj, key, box_private)
     buf = _BoundedBuffer(max_bytes, obj.label)
     try:
-        store.get(obj.key, buf)
+        store.get(obj.key, buf, max_bytes=max_bytes)  # refused from the declared size first
     except ObjectTooLarge as exc:
         raise SealedError(str(exc)) from None
     data = buf.getvalue()
