@@ -252,6 +252,36 @@ def test_malformed_requests_do_not_kill_it(log: LocalAuditLog, server: dict[str,
     assert [m["sequence_number"] for m in _all_raw(log, topic)] == [1]
 
 
+
+def test_chunk_count_and_transaction_size_are_capped(log: LocalAuditLog, server: dict[str, Any]) -> None:
+    # Hedera refuses a message of more than 20 chunks and a transaction over 6 KiB; so does this.
+    topic = log.create_topic("caps")
+    url = f"{server['url']}/api/v1/topics/{topic}/messages"
+    pair = create_new_key_pair()
+    b64 = base64.b64encode(b"x" * 1024).decode()
+
+    def signed(chunk: dict[str, Any] | None, message: str = b64, **extra: Any) -> dict[str, Any]:
+        vs = format_timestamp(time.time_ns())
+        sig = pair.private_key.sign(submit_signing_bytes(topic, vs, message, chunk)).hex()
+        return {"message": message, "valid_start": vs, "chunk": chunk,
+                "public_key": pair.public_key.to_bytes().hex(), "signature": sig, **extra}
+
+    first = format_timestamp(time.time_ns())
+    for total in (21, 10**9):
+        r = httpx.post(url, json=signed({"initial_valid_start": first, "number": 1, "total": total}))
+        assert r.status_code == 400 and "1..20" in r.json()["_status"]["messages"][0]["message"]
+    r = httpx.post(url, json=signed(None, base64.b64encode(b"x" * 1025).decode()))
+    assert r.status_code == 400  # one chunk is at most 1024 bytes
+    r = httpx.post(url, json=signed(None, padding="p" * 6000))
+    assert r.status_code == 413  # the whole transaction is at most 6 KiB
+    deep = {"message": b64, "valid_start": first, "chunk": None, "x": json.loads("[" * 50 + "]" * 50)}
+    r = httpx.post(url, json=deep)
+    assert r.status_code == 400 and "nest" in r.json()["_status"]["messages"][0]["message"].lower()
+    assert _all_raw(log, topic) == []
+    ok = httpx.post(url, json=signed({"initial_valid_start": first, "number": 20, "total": 20}))
+    assert ok.status_code == 200 and len(_all_raw(log, topic)) == 1
+
+
 SUBMITTER = """
 import sys
 from libp2p.crypto.ed25519 import create_new_key_pair

@@ -46,13 +46,15 @@ from urllib.parse import parse_qs, urlencode, urlsplit
 from nacl.exceptions import BadSignatureError
 from nacl.signing import VerifyKey
 
-from fedswarm.ledger.audit import CHUNK_SIZE, create_signing_bytes, submit_signing_bytes
+from fedswarm.ledger.audit import CHUNK_SIZE, MAX_CHUNKS, create_signing_bytes, submit_signing_bytes
 from fedswarm.ledger.runninghash import RUNNING_HASH_VERSION, ZERO_HASH, EntityId, next_running_hash
 from fedswarm.ledger.verify import format_timestamp, parse_timestamp
+from fedswarm.protocol.decode import DecodeError, decode_object
 
 log = logging.getLogger("fedswarm.ledger.auditserver")
 
-MAX_BODY = 64 * 1024
+# Hedera's limits: a transaction is at most 6 KiB, a message at most 20 chunks of 1024 bytes.
+MAX_BODY = 6 * 1024
 VALID_DURATION_NS = 180 * 1_000_000_000  # Hedera's maximum transaction valid duration
 FUTURE_SKEW_NS = 10 * 1_000_000_000
 FIRST_ENTITY_NUM = 1001
@@ -321,6 +323,8 @@ def _parse_chunk(value: Any) -> dict[str, Any] | None:
         parse_timestamp(initial)
     except ValueError as exc:
         raise RequestError(400, f"chunk: {exc}") from None
+    if not 1 <= total <= MAX_CHUNKS:
+        raise RequestError(400, f"chunk total {total} not within 1..{MAX_CHUNKS} (the network's limit per message)")
     if not 1 <= number <= total:
         raise RequestError(400, f"chunk number {number} not within 1..{total}")
     return {"initial_valid_start": initial, "number": number, "total": total}
@@ -401,13 +405,10 @@ class _Handler(BaseHTTPRequestHandler):
         if length < 0 or length > MAX_BODY:
             raise RequestError(413, f"body over {MAX_BODY} bytes")
         raw = self.rfile.read(length)
-        try:
-            body = json.loads(raw)
-        except (ValueError, UnicodeDecodeError):
-            raise RequestError(400, "body is not JSON") from None
-        if not isinstance(body, dict):
-            raise RequestError(400, "body must be a JSON object")
-        return body
+        try:  # the one bounded decoder: size, then nesting depth, then parse
+            return decode_object(raw, max_bytes=MAX_BODY, max_depth=8, what="transaction")
+        except DecodeError as exc:
+            raise RequestError(400, str(exc)) from None
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if path == "/api/v1/topics":
