@@ -9,7 +9,6 @@ import base64
 import contextlib
 import hashlib
 import io
-import json
 import os
 import time
 from collections.abc import Iterator
@@ -30,6 +29,7 @@ from fedswarm.crypto import (
     sha256_bytes,
 )
 from fedswarm.devnet import Devnet, ensure_funded
+from fedswarm.examples import example_spec
 from fedswarm.identity import Identity, load_identity
 from fedswarm.learning.dataset import PreparedDataset, prepare_dataset
 from fedswarm.learning.train import initial_state, parse_model_spec
@@ -59,16 +59,9 @@ from fedswarm.storage.factory import make_object_store
 
 pytestmark = pytest.mark.slow
 
-ROOT = Path(__file__).resolve().parents[2]
 HEARTBEAT = ["--heartbeat", "0.5", "--peer-timeout", "4"]
 PRICE = 10**15
 SETTLE_WINDOW = 4  # seconds: short, so the claim of an unsettled unit shows up in the test
-FALLBACK_SPEC: dict[str, Any] = {
-    "format": "fedswarm-seq/1", "task": "classification", "input_shape": [30],
-    "layers": [{"type": "Linear", "in_features": 30, "out_features": 16}, {"type": "ReLU"},
-               {"type": "Linear", "in_features": 16, "out_features": 2}],
-    "loss": "cross_entropy", "optimizer": {"name": "adam"},
-}
 
 
 # -- processes (module scope) ------------------------------------------------------------------
@@ -117,9 +110,7 @@ def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[PreparedDataset, 
     rows = np.column_stack([data.data, data.target])
     np.savetxt(csv, rows, delimiter=",", header=header, comments="", fmt="%.6g")
     prepared = prepare_dataset(csv, tmp / "chunks", label="target", num_chunks=4, seed=1)
-    spec_path = ROOT / "src" / "fedswarm" / "examples" / "breast_cancer.seq.json"
-    spec = json.loads(spec_path.read_text()) if spec_path.exists() else FALLBACK_SPEC
-    return prepared, spec
+    return prepared, example_spec("breast_cancer")
 
 
 # -- the client side, played by the test -------------------------------------------------------
