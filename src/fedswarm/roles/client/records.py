@@ -76,7 +76,6 @@ class JobRecord(BaseModel):
     result_key: str | None = None
     result_sha256: str | None = None
     final_metrics: dict[str, float] = Field(default_factory=dict)
-    faults: list[str] = Field(default_factory=list)
     events: list[dict[str, Any]] = Field(default_factory=list)  # human-readable timeline
 
 
