@@ -100,3 +100,27 @@ async def test_garbage_is_not_relayed_and_its_sender_is_banned(tmp_path) -> None
         pong, _ = await trainer.request(boot.peer_id, Ping(nonce=7))
         assert pong.nonce == 7  # type: ignore[attr-defined]
         nursery.cancel_scope.cancel()
+
+
+async def test_malformed_pubsub_frame_does_not_kill_the_node(tmp_path) -> None:
+    # py-libp2p's pubsub reader lets a frame that is not a protobuf RPC raise out of its stream
+    # handler, which kills the process (here: the test's trio run). Seen in the end-to-end
+    # attack; sent here by hand on a raw meshsub stream. Now that stream ends, with a strike.
+    from libp2p.custom_types import TProtocol
+    from libp2p.peer.id import ID
+
+    async with trio.open_nursery() as nursery:
+        boot = Node(load_identity(tmp_path / "b"), Role.BOOTSTRAP, heartbeat_interval=0.5)
+        await nursery.start(boot.serve)
+        attacker = Node(load_identity(tmp_path / "a"), Role.TRAINER, bootstrap=[boot.addrs[0]], heartbeat_interval=0.5)
+        await nursery.start(attacker.serve)
+        await _until(lambda: boot.peer_id in attacker.connected_peers(), 20, "connecting")
+        stream = await attacker.host.new_stream(ID.from_base58(boot.peer_id), [TProtocol("/meshsub/1.1.0")])
+        junk = b"\xff" * 64  # a varint length, then bytes that do not parse as pubsub.pb.RPC
+        await stream.write(bytes([len(junk)]) + junk)
+        await _until(lambda: boot.limits.counters["gossip_bad_frame"] >= 1, 10, "the bad frame counted")
+        other = Node(load_identity(tmp_path / "o"), Role.CLIENT, bootstrap=[boot.addrs[0]], heartbeat_interval=0.5)
+        await nursery.start(other.serve)
+        pong, _ = await other.request(boot.peer_id, Ping(nonce=9))
+        assert pong.nonce == 9  # type: ignore[attr-defined]
+        nursery.cancel_scope.cancel()

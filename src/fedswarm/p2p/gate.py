@@ -60,6 +60,34 @@ class Gate:
         host.get_network().register_notifee(_ban_notifee(self))
         nursery.start_soon(self._expire_loop)
 
+    def guard_pubsub(self, host: Any, pubsub: Any, protocols: Any) -> None:
+        """Wrap pubsub's stream handler: py-libp2p lets a malformed RPC frame escape it
+        (protobuf ``DecodeError``, a frame over its size limit whose body is then read as the
+        next frame), and an exception out of a stream handler kills the process. One publish
+        over 1 MiB from any direct peer did that. The wrapper ends that peer's stream instead,
+        and counts a strike."""
+
+        async def handler(stream: Any) -> None:
+            peer = "?"
+            try:
+                peer = stream.muxed_conn.peer_id.to_base58()
+                if self.limits.is_banned(peer):
+                    self.limits.counters["gossip_refused_banned"] += 1
+                    await _reset(stream)
+                    return
+                await pubsub.stream_handler(stream)
+            except Exception as exc:
+                log.debug("pubsub stream from %s failed: %r", peer, exc)
+                self.strike(peer, "gossip_bad_frame")
+                await _reset(stream)
+                try:
+                    pubsub._handle_dead_peer(stream.muxed_conn.peer_id)  # what py-libp2p does on a read error
+                except Exception as dead_exc:
+                    log.debug("dropping the pubsub peer %s failed: %r", peer, dead_exc)
+
+        for protocol in protocols:
+            host.set_stream_handler(protocol, handler)
+
     # -- strikes and bans ------------------------------------------------------------------
 
     def strike(self, peer: str, reason: str) -> None:
@@ -158,6 +186,14 @@ class Gate:
     def take_decoded(self, from_id: bytes, seqno: bytes, topic: str) -> WireModel | None:
         """The message the validator decoded (once), or None if it is no longer kept."""
         return self._decoded.pop(bytes(from_id) + bytes(seqno) + topic.encode(), None)
+
+
+async def _reset(stream: Any) -> None:
+    try:
+        with trio.move_on_after(2):
+            await stream.reset()
+    except Exception:
+        pass
 
 
 def _ban_notifee(gate: Gate) -> Any:

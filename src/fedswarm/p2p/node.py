@@ -197,6 +197,7 @@ class Node:
             eclipse_protection_enabled=False,  # everything is on 127.0.0.1 in tests and devnet
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        self.gate.guard_pubsub(host, pubsub, gossipsub.get_protocols())
         return host, pubsub, gossipsub
 
     async def serve(self, *, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
