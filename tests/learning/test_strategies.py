@@ -11,11 +11,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from safetensors.numpy import load, save
 
-from fedswarm.learning.strategies import (
-    _sorting_network,
-    list_strategies,
-    make_strategy,
-)
+from fedswarm.learning.strategies import list_strategies, make_strategy
+from fedswarm.learning.strategies.robust import _sorting_network
 
 ALL = [info.name for info in list_strategies()]
 G2 = np.zeros(2, dtype=np.float32)

@@ -1,23 +1,22 @@
-"""Aggregation strategies (see :mod:`fedswarm.learning.strategies.base`)."""
+"""Aggregation strategies over flat float32 parameter vectors.
 
-from fedswarm.learning.strategies.base import (
-    AggregationResult,
+Build one by name with :func:`make_strategy`; :func:`list_strategies` describes them for the CLI
+and the web UI. The package is split by family: the :class:`Strategy` interface, its shared
+blocked iteration and the plain averages in :mod:`.base`, the server optimisers (FedAvgM, FedAdam,
+FedYogi) in :mod:`.server`, the robust strategies (clipping, median, trimmed mean, Krum) in
+:mod:`.robust`, and the by-name registry in :mod:`.registry`.
+"""
+
+from fedswarm.learning.strategies.base import AggregationResult, FedAvg, FedProx, Strategy
+from fedswarm.learning.strategies.registry import StrategyInfo, list_strategies, make_strategy
+from fedswarm.learning.strategies.robust import (
     ClippedFedAvg,
-    FedAdam,
-    FedAvg,
-    FedAvgM,
-    FedProx,
-    FedYogi,
     Krum,
     Median,
     MultiKrum,
-    Strategy,
-    StrategyInfo,
     TrimmedMean,
-    _sorting_network,
-    list_strategies,
-    make_strategy,
 )
+from fedswarm.learning.strategies.server import FedAdam, FedAvgM, FedYogi
 
 __all__ = [
     "AggregationResult",
@@ -33,7 +32,6 @@ __all__ = [
     "Strategy",
     "StrategyInfo",
     "TrimmedMean",
-    "_sorting_network",
     "list_strategies",
     "make_strategy",
 ]
