@@ -345,3 +345,34 @@ def test_fuzzed_multipart_never_crashes_and_leaves_nothing(tmp_path_factory: pyt
     if r.status_code != 200:
         one_line_error(r)
         assert role.submitted == [] and uploads_left(role) == []
+
+
+# ------------------------------------------------------------------ a real node (hypercorn)
+
+
+@pytest.mark.slow
+def test_real_node_checks_host_and_writes_a_private_secret(tmp_path: Path) -> None:
+    import stat
+
+    from fedswarm.api.guard import read_local_secret
+    from fedswarm.roles.launcher import start_node
+
+    node = start_node("bootstrap", tmp_path / "b")
+    try:
+        secret_file = tmp_path / "b" / "api-secret"
+        assert stat.S_IMODE(secret_file.stat().st_mode) == 0o600
+        port = node.api.rsplit(":", 1)[1]
+        assert httpx.get(f"{node.api}/status", timeout=10).status_code == 200
+        r = httpx.get(f"{node.api}/status", headers={"Host": f"evil.example:{port}"}, timeout=10)
+        assert r.status_code == 421 and "not this node" in one_line_error(r)
+        r = httpx.post(f"{node.api}/command", json={"cmd": "local"}, headers={"Origin": "http://evil.example"}, timeout=10)
+        assert r.status_code == 403
+        secret = read_local_secret(tmp_path / "b")
+        r = httpx.post(f"{node.api}/command", json={"cmd": "local"}, timeout=10,
+                       headers={"Authorization": f"Bearer {secret}", "Origin": node.api})
+        assert r.status_code == 200 and r.json()["status"] == "ok"
+        refused = httpx.get(f"{node.api}/status", timeout=10).json()["api_guard"]["refused"]
+        assert refused == {"bad-host": 1, "bad-origin": 1}
+        assert secret not in node.log_path.read_text()
+    finally:
+        node.stop()

@@ -1,5 +1,5 @@
 """Reading an object a peer wrote is size-checked: refused from its declared size before any
-body is read, and cut off at the cap when the declaration is missing or wrong; an oversized
+body is read, and cut off at the cap (the S3 case is in test_s3store.py, on its bucket) when the declaration is missing or wrong; an oversized
 update never reaches the buffer that would hold it."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import pytest
 
 from fedswarm.storage.base import ObjectNotFound, ObjectStore, ObjectTooLarge, check_running_size
 
-from .conftest import RunningLocalStore, SeaweedS3
+from .conftest import RunningLocalStore
 
 
 class CountingBuffer(io.BytesIO):
@@ -48,12 +48,6 @@ def test_local_store_get_is_bounded(local_store: RunningLocalStore) -> None:
     url = store.presign_put_exact("jobs/j/exact", 60, 10)
     assert httpx.put(url, content=b"x" * 11, timeout=10).status_code == 413
     assert store.head("jobs/j/exact") is None
-
-
-@pytest.mark.slow
-def test_s3_get_is_bounded(seaweedfs: SeaweedS3) -> None:
-    store = seaweedfs.store()
-    oversized_update_is_refused(store, "jobs/j/updates/u1")
 
 
 def test_running_cap_stops_a_stream_without_a_declared_size() -> None:

@@ -221,3 +221,10 @@ def test_factory_needs_keys_off_devnet(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
     with pytest.raises(ConfigError, match="AWS_ACCESS_KEY_ID"):
         make_object_store(Settings(network="testnet", _env_file=None))
+
+
+def test_get_of_an_oversized_peer_object_is_refused_before_download(s3: S3Store) -> None:
+    from .test_bounded_get import oversized_update_is_refused
+
+    # the presigned PUT signs only the host: a trainer can upload more than its unit allows
+    oversized_update_is_refused(s3, "jobs/j/updates/u-oversized")
