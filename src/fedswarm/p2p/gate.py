@@ -106,7 +106,11 @@ class Gate:
         except Exception:
             return
         if self._pubsub is not None and peer not in self._blacklisted:
-            self._pubsub.add_to_blacklist(pid)
+            # The blacklist set itself, not add_to_blacklist(): that also starts a teardown task
+            # which races pubsub's own dead-peer handling (``del self.peers[peer]`` -> KeyError
+            # in a pubsub task, which stops the node). Closing the connections below is enough
+            # for pubsub to drop the peer the normal way.
+            self._pubsub.blacklisted_peers.add(pid)
             self._blacklisted.add(peer)
         if self._nursery is not None:
             self._nursery.start_soon(self._disconnect, pid)
