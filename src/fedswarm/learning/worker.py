@@ -2,14 +2,9 @@
 
 Parent side (:class:`TrainingWorker`, synchronous; nodes call it from a thread) spawns
 ``python -m fedswarm.learning.worker`` with a clean environment, a private temp dir as cwd /
-HOME / TMPDIR and its own process group. The child applies rlimits to itself before importing
-torch (CPU, FSIZE, NOFILE, CORE=0, and RLIMIT_AS for CPU jobs only: CUDA needs a huge address
-space) and then serves requests.
-
-Protocol: length-prefixed JSON frames (4-byte big-endian length) over the child's
-stdin/stdout; tensors travel as safetensors *file paths*, never inline and never pickled
-(so not ``multiprocessing.Connection``). The child keeps a private duplicate of stdout for
-frames and points fd 1 at stderr, so a stray print cannot corrupt the stream.
+HOME / TMPDIR and its own process group. The child (:mod:`fedswarm.learning.worker_child`) applies
+rlimits to itself before importing torch and then serves requests; the messages, errors and
+framing both sides share are in :mod:`fedswarm.learning.worker_messages` and re-exported here.
 
 The parent enforces a wall-clock deadline and a resident-memory cap by killing the whole
 process group, re-validates every result file (names, shapes, dtypes, finite, size) and
@@ -22,10 +17,8 @@ import contextlib
 import json
 import logging
 import os
-import select
 import shutil
 import signal
-import struct
 import subprocess
 import sys
 import tempfile
@@ -33,155 +26,43 @@ import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
-
-from fedswarm.learning.chunks import Preprocessing
 from fedswarm.learning.weights import Layout, load_weights_file, read_layout
+from fedswarm.learning.worker_messages import (
+    MAX_FRAME,
+    EvalTask,
+    TaskRejected,
+    TrainResult,
+    TrainTask,
+    UpdateRejected,
+    WorkerCrashed,
+    WorkerError,
+    WorkerMemoryExceeded,
+    WorkerTimeout,
+    _FrameReader,
+    read_frame,
+    write_frame,
+)
+
+__all__ = [
+    "MAX_FRAME",
+    "EvalTask",
+    "TaskRejected",
+    "TrainResult",
+    "TrainTask",
+    "TrainingWorker",
+    "UpdateRejected",
+    "WorkerCrashed",
+    "WorkerError",
+    "WorkerMemoryExceeded",
+    "WorkerTimeout",
+    "read_frame",
+    "validate_update",
+    "write_frame",
+]
 
 log = logging.getLogger(__name__)
-
-MAX_FRAME = 16 << 20
-_HDR = struct.Struct(">I")
-
-
-class WorkerError(RuntimeError):
-    """Base class: the task did not produce a usable result."""
-
-
-class WorkerTimeout(WorkerError):
-    """The task ran past its wall-clock deadline; the worker was killed."""
-
-
-class WorkerMemoryExceeded(WorkerError):
-    """The task went over the memory cap; the worker was killed."""
-
-
-class WorkerCrashed(WorkerError):
-    """The worker process died unexpectedly."""
-
-
-class TaskRejected(WorkerError):
-    """The worker refused the task (bad spec, over budget, bad weights or data)."""
-
-
-class UpdateRejected(WorkerError):
-    """The worker's result file failed the parent's validation."""
-
-
-class TrainTask(BaseModel):
-    """One unit of local training, as sent to the worker (paths are on this machine)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: dict[str, Any]  # a fedswarm-seq/1 or fedswarm-graph/1 JSON object
-    weights_path: str  # global weights (.safetensors)
-    chunk_paths: list[str] = Field(min_length=1, max_length=100_000)  # plaintext chunk files
-    preprocessing: Preprocessing
-    epochs: int = Field(1, ge=1, le=100)
-    batch_size: int = Field(32, ge=1, le=65_536)
-    lr: float = Field(0.01, gt=0.0, le=10.0)
-    seed: int = Field(0, ge=0, lt=2**63)
-    fedprox_mu: float = Field(0.0, ge=0.0, le=100.0)
-    max_batches: int | None = Field(None, ge=1)
-    mode: Literal["train", "noop"] = "train"
-
-
-class EvalTask(BaseModel):
-    """Evaluation of one set of weights on chunk files."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    model: dict[str, Any]
-    weights_path: str
-    chunk_paths: list[str] = Field(min_length=1, max_length=100_000)
-    preprocessing: Preprocessing
-    batch_size: int = Field(1024, ge=1, le=65_536)
-
-
-class TrainResult(BaseModel):
-    """A validated training result; the update file belongs to the caller (move or delete it)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    update_path: str
-    num_samples: int
-    train_loss: float
-    batches: int
-    seconds: float  # wall time seen by the parent, request to validated result
-    train_seconds: float  # time inside the training loop, seen by the worker
-
-
-# ---- framing -----------------------------------------------------------------------------------
-
-
-def write_frame(fd: int, obj: dict[str, Any]) -> None:
-    """Write one length-prefixed JSON frame to ``fd``."""
-    data = json.dumps(obj, separators=(",", ":")).encode()
-    if len(data) > MAX_FRAME:
-        raise ValueError(f"frame of {len(data)} bytes is over the {MAX_FRAME}-byte cap")
-    buf = _HDR.pack(len(data)) + data
-    while buf:
-        n = os.write(fd, buf)
-        buf = buf[n:]
-
-
-def _read_exact(fd: int, n: int) -> bytes:
-    chunks = []
-    while n:
-        part = os.read(fd, n)
-        if not part:
-            raise EOFError("peer closed the pipe")
-        chunks.append(part)
-        n -= len(part)
-    return b"".join(chunks)
-
-
-def read_frame(fd: int) -> dict[str, Any]:
-    """Read one frame (blocking); raises ``EOFError`` when the peer is gone."""
-    (n,) = _HDR.unpack(_read_exact(fd, _HDR.size))
-    if n > MAX_FRAME:
-        raise ValueError(f"frame of {n} bytes is over the cap")
-    obj = json.loads(_read_exact(fd, n))
-    if not isinstance(obj, dict):
-        raise ValueError("frame is not a JSON object")
-    return obj
-
-
-class _FrameReader:
-    """Non-blocking frame reader for the parent: waits with a timeout, keeps partial data."""
-
-    def __init__(self, fd: int) -> None:
-        self.fd = fd
-        self.buf = b""
-
-    def poll(self, timeout: float) -> dict[str, Any] | None:
-        """A complete frame if one arrives within ``timeout`` s, else None; EOFError on close."""
-        frame = self._take()
-        if frame is not None:
-            return frame
-        ready, _, _ = select.select([self.fd], [], [], max(timeout, 0))
-        if ready:
-            data = os.read(self.fd, 1 << 16)
-            if not data:
-                raise EOFError("worker closed its pipe")
-            self.buf += data
-        return self._take()
-
-    def _take(self) -> dict[str, Any] | None:
-        if len(self.buf) < _HDR.size:
-            return None
-        (n,) = _HDR.unpack(self.buf[: _HDR.size])
-        if n > MAX_FRAME:
-            raise ValueError("worker sent an oversized frame")
-        if len(self.buf) < _HDR.size + n:
-            return None
-        data, self.buf = self.buf[_HDR.size : _HDR.size + n], self.buf[_HDR.size + n :]
-        return json.loads(data)
-
-
-# ---- parent side -------------------------------------------------------------------------------
 
 
 class TrainingWorker:
@@ -498,182 +379,9 @@ def validate_update(path: str | Path, expected: Layout, max_bytes: int = 2 << 30
         raise UpdateRejected(f"update rejected: {exc}") from None
 
 
-# ---- child side --------------------------------------------------------------------------------
-
-
-def _apply_limits(limits: dict[str, Any]) -> None:
-    import resource
-
-    resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
-    resource.setrlimit(resource.RLIMIT_CPU, (limits["cpu_s"], limits["cpu_s"]))
-    resource.setrlimit(resource.RLIMIT_FSIZE, (limits["fsize"], limits["fsize"]))
-    resource.setrlimit(resource.RLIMIT_NOFILE, (limits["nofile"], limits["nofile"]))
-    if limits.get("as_bytes"):
-        resource.setrlimit(resource.RLIMIT_AS, (limits["as_bytes"], limits["as_bytes"]))
-    if limits.get("nice"):
-        os.nice(int(limits["nice"]))
-
-
-def _set_task_cpu_limit(cpu_s: int) -> None:
-    """Soft CPU limit = CPU used so far + this task's allowance (hard limit unchanged)."""
-    import resource
-
-    used = resource.getrusage(resource.RUSAGE_SELF)
-    spent = int(used.ru_utime + used.ru_stime) + 1
-    _, hard = resource.getrlimit(resource.RLIMIT_CPU)
-    soft = spent + cpu_s
-    if hard != resource.RLIM_INFINITY:
-        soft = min(soft, hard)
-    resource.setrlimit(resource.RLIMIT_CPU, (soft, hard))
-
-
-def _child_train(msg: dict[str, Any], out_fd: int, device: Any) -> dict[str, Any]:
-    from fedswarm.learning.budget import Budget
-    from fedswarm.learning.data import load_tensors
-    from fedswarm.learning.train import build_model, train
-    from fedswarm.learning.weights import load_weights_file, save_weights_file
-
-    task = TrainTask.model_validate(msg["task"])
-    out = Path(msg["out"])
-    spec = _cached(("spec", json.dumps(task.model, sort_keys=True), task.batch_size,
-                    json.dumps(msg.get("budget", {}), sort_keys=True)),
-                   lambda: _checked_spec(task.model, task.batch_size, Budget(**msg.get("budget", {}))))
-    state = load_weights_file(task.weights_path)
-    if task.mode == "noop":
-        build_model(spec, state, "cpu")  # the weights must still fit the model
-        # The global weights, untouched: isolates framework overhead in benchmarks.
-        save_weights_file(out, state)
-        return {"op": "result", "num_samples": 0, "train_loss": 0.0, "batches": 0, "seconds": 0.0}
-    x, y = _cached(_data_key(task.chunk_paths, task.preprocessing, spec.input_shape),
-                   lambda: load_tensors(task.chunk_paths, task.preprocessing, spec.input_shape))
-    last = [0.0]
-
-    def progress(batches: int, loss: float) -> None:
-        now = time.monotonic()
-        if now - last[0] >= 0.25:  # throttle: progress is for the audit log, not per batch
-            last[0] = now
-            write_frame(out_fd, {"op": "progress", "batches": batches, "loss": loss})
-
-    res = train(spec, state, x, y, epochs=task.epochs, batch_size=task.batch_size, lr=task.lr,
-                seed=task.seed, fedprox_mu=task.fedprox_mu, max_batches=task.max_batches,
-                device=device, on_progress=progress)
-    write_frame(out_fd, {"op": "progress", "batches": res.batches, "loss": res.train_loss})
-    save_weights_file(out, res.state)
-    return {"op": "result", "num_samples": res.num_samples, "train_loss": res.train_loss,
-            "batches": res.batches, "seconds": res.seconds}
-
-
-# A warm worker serves many rounds of the same job: the validated spec and the decoded chunks
-# are kept between rounds (keyed by content / file identity), so a round pays only for training.
-_CACHE: dict[Any, Any] = {}
-
-
-def _cached(key: Any, make: Callable[[], Any]) -> Any:
-    if key not in _CACHE:
-        if len(_CACHE) >= 8:
-            _CACHE.clear()
-        _CACHE[key] = make()
-    return _CACHE[key]
-
-
-def _checked_spec(model: dict[str, Any], batch_size: int, budget: Any) -> Any:
-    from fedswarm.learning.budget import check_budget
-    from fedswarm.learning.train import parse_model_spec
-
-    spec = parse_model_spec(model)
-    check_budget(spec, batch_size, budget)
-    return spec
-
-
-def _data_key(paths: list[str], prep: Preprocessing, shape: list[int]) -> tuple[Any, ...]:
-    stats = tuple((p, st.st_size, st.st_mtime_ns, st.st_ino) for p in paths for st in [os.stat(p)])
-    return ("data", stats, prep.model_dump_json(), tuple(shape))
-
-
-def _child_evaluate(msg: dict[str, Any], device: Any) -> dict[str, Any]:
-    from fedswarm.learning.budget import Budget, check_budget
-    from fedswarm.learning.data import load_tensors
-    from fedswarm.learning.train import evaluate, parse_model_spec
-    from fedswarm.learning.weights import load_weights_file
-
-    task = EvalTask.model_validate(msg["task"])
-    spec = parse_model_spec(task.model)
-    check_budget(spec, min(task.batch_size, 1024), Budget(**msg.get("budget", {})))
-    state = load_weights_file(task.weights_path)
-    x, y = load_tensors(task.chunk_paths, task.preprocessing, spec.input_shape)
-    return {"op": "metrics", "metrics": evaluate(spec, state, x, y, batch_size=task.batch_size, device=device)}
-
-
-def _is_oom(exc: BaseException) -> bool:
-    text = str(exc)
-    return isinstance(exc, MemoryError) or "can't allocate memory" in text or "out of memory" in text
-
-
-def _exit_with_parent() -> None:
-    """Die when the node that owns us dies (SIGKILL included), even in the middle of training:
-    an orphaned worker would hold hundreds of MB for nothing. (PR_SET_PDEATHSIG is tied to the
-    spawning *thread*, which a thread pool may retire, so poll for re-parenting instead.)"""
-    import threading
-
-    parent = os.getppid()
-
-    def watch() -> None:
-        while True:
-            time.sleep(1.0)
-            if os.getppid() != parent:
-                os._exit(70)
-
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
-
-
-def child_main(argv: list[str]) -> int:
-    """Entry point of the worker process (``python -m fedswarm.learning.worker LIMITS``)."""
-    _apply_limits(json.loads(argv[0]))
-    _exit_with_parent()
-    # frames go to a private copy of stdout; fd 1 now points at stderr for stray prints
-    out_fd = os.dup(1)
-    os.dup2(2, 1)
-    in_fd = 0
-    hello = read_frame(in_fd)
-    import torch
-
-    from fedswarm.learning.train import resolve_device, set_determinism
-
-    set_determinism(int(hello.get("threads", 1)))
-    device = resolve_device(str(hello.get("device", "auto")))
-    write_frame(out_fd, {"op": "ready", "pid": os.getpid(), "device": str(device),
-                         "torch": torch.__version__})
-    from fedswarm.learning.chunks import ChunkFormatError
-    from fedswarm.learning.spec import SpecError
-    from fedswarm.learning.weights import WeightsError
-
-    while True:
-        try:
-            msg = read_frame(in_fd)
-        except EOFError:
-            return 0
-        op = msg.get("op")
-        if op == "exit":
-            return 0
-        try:
-            _set_task_cpu_limit(int(msg.get("cpu_s", 3600)))
-            if op == "train":
-                reply = _child_train(msg, out_fd, device)
-            elif op == "evaluate":
-                reply = _child_evaluate(msg, device)
-            elif op == "ping":
-                reply = {"op": "pong"}
-            else:
-                reply = {"op": "error", "kind": "protocol", "message": f"unknown op {op!r}"}
-        except (SpecError, WeightsError, ChunkFormatError, ValueError) as exc:
-            reply = {"op": "error", "kind": "rejected", "message": str(exc).splitlines()[0] if str(exc) else type(exc).__name__}
-        except Exception as exc:  # noqa: BLE001 - report every failure to the parent
-            if _is_oom(exc):
-                write_frame(out_fd, {"op": "error", "kind": "memory", "message": str(exc)[:300]})
-                return 3  # memory state is suspect: let the parent start a fresh worker
-            reply = {"op": "error", "kind": "failed", "message": f"{type(exc).__name__}: {exc}"[:500]}
-        write_frame(out_fd, reply)
-
-
 if __name__ == "__main__":
+    # The child is started as ``python -m fedswarm.learning.worker`` (a name that also lets tests
+    # and operators find it in a process list); its code lives in worker_child.
+    from fedswarm.learning.worker_child import child_main
+
     sys.exit(child_main(sys.argv[1:]))
