@@ -63,8 +63,9 @@ def test_hostile_peer_changes_nothing(tmp_path: Path) -> None:
             # strikes until the ban (gossip or RPC, whichever came first), refusals after it
             strikes = sum(counters.get(k, 0) for k in ("rpc_oversize", "rpc_bad_frame", "rpc_bad_request",
                                                        "rpc_unknown_type", "gossip_invalid", "gossip_oversize",
-                                                       "gossip_rejected"))
-            refused = sum(counters.get(k, 0) for k in ("rpc_refused_banned", "ban_refused_connections"))
+                                                       "gossip_rejected", "gossip_bad_frame"))
+            refused = sum(counters.get(k, 0) for k in ("rpc_refused_banned", "ban_refused_connections",
+                                                       "gossip_refused_banned", "gossip_dropped_banned"))
             assert strikes >= 10 and counters["bans"] >= 1, (node.role, counters)
             assert refused + counters.get("ban_disconnects", 0) >= 1, (node.role, counters)
             assert limits["recursion_limit"] <= 1000
