@@ -21,6 +21,7 @@ Hex32 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Address = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{40}$")]
 Url = Annotated[str, Field(min_length=8, max_length=4096, pattern=r"^https?://")]
 Wei = Annotated[int, Field(ge=0, lt=1 << 128)]
+EvmSignature = Annotated[str, Field(pattern=r"^0x[0-9a-fA-F]{130}$")]  # 65 bytes: r, s, v
 
 
 @message("job_announce")
@@ -44,6 +45,10 @@ class JobAnnounce(WireModel):
     # Where to send bids: a trainer that has not yet heard of this client (it learns peers
     # from the bootstrap's summary, once a heartbeat) can still dial it at once.
     client_addrs: list[MultiaddrStr] = Field(default_factory=list, max_length=16)
+    # The job's operator on chain (the client node's wallet) and its signature over (job id,
+    # client peer id, chain id, contract): a trainer works only if the chain names this address.
+    operator: Address | None = None
+    operator_sig: EvmSignature | None = None
 
 
 @message("bid")
@@ -102,6 +107,14 @@ class WorkUnit(WireModel):
     put_max_bytes: int = Field(ge=1, le=1 << 34)
     client_box_public: Hex32
     audit_topic: Annotated[str, Field(pattern=r"^\d+\.\d+\.\d+$")]
+    # Settlement v2: the on-chain job (key, contract, chain), who assigned the unit to whom, and
+    # the operator's signature over the assignment (``market.operator.assignment_fields``).
+    job_key: Hex32 | None = None
+    contract: Address | None = None
+    chain_id: int | None = Field(default=None, ge=1)
+    operator: Address | None = None
+    trainer: Address | None = None
+    assignment_sig: EvmSignature | None = None
 
 
 @message("unit_accepted")
@@ -126,6 +139,53 @@ class UnitDone(WireModel):
     train_loss: float | None = None
     seconds: float = Field(ge=0)  # the unit's compute: training, with loading its chunks (no transfers)
     commit_tx: Annotated[str, Field(max_length=80)] = ""
+
+
+@message("unit_receipt")
+class UnitReceipt(WireModel):
+    """The operator's signed receipt for a delivered update (RPC reply to :class:`UnitDone`).
+
+    The fields are the EIP-712 ``Receipt`` the contract's ``claim`` verifies
+    (``ledger.receipts``): with it the trainer is paid even if the operator never settles.
+    """
+
+    job_id: JobId
+    round: int = Field(ge=0, lt=1 << 32)
+    unit: int = Field(ge=0, lt=1 << 32)
+    job_key: Hex32
+    trainer: Address
+    update_sha256: Hex32
+    issued_at: int = Field(ge=0, lt=1 << 64)
+    signature: EvmSignature
+
+
+@message("unit_refused")
+class UnitRefused(WireModel):
+    """The operator refuses a delivery (the unit was reassigned, or is unknown), signed.
+
+    Not a receipt and not a reason to stop working for the job: the trainer keeps its update's
+    key and moves on.
+    """
+
+    job_id: JobId
+    round: int = Field(ge=0, lt=1 << 32)
+    unit: int = Field(ge=0, lt=1 << 32)
+    trainer: Address
+    update_sha256: Hex32
+    reason: Annotated[str, Field(pattern=r"^[a-z0-9-]{1,40}$")]  # a slug, e.g. "reassigned"
+    signature: EvmSignature
+
+
+@message("update_key")
+class UpdateKey(WireModel):
+    """The update's key, released only after the trainer holds a valid receipt (RPC trainer ->
+    client): the fair exchange's second half. Sealed to the client's box key."""
+
+    job_id: JobId
+    round: int = Field(ge=0, lt=1 << 32)
+    unit: int = Field(ge=0, lt=1 << 32)
+    update_sha256: Hex32
+    sealed_key: Annotated[str, Field(max_length=256)]
 
 
 @message("unit_failed")
