@@ -132,7 +132,7 @@ async def test_oversized_frame_refused_from_its_header() -> None:
 
 async def test_blob_over_its_type_cap_refused_before_reading_it() -> None:
     stream = MemStream(_env({"type": "ping", "nonce": 1}, blob=1000) + pack_frame(b"x" * 1000))
-    with pytest.raises(OversizeError, match="ping blob of 1000 bytes"):
+    with pytest.raises(OversizeError, match="'ping' blob of 1000 bytes"):
         await FrameReader(stream, 5).read_envelope()
     stream = MemStream(_env({"type": "echo_blob", "size": 1}, blob=ECHO_BLOB_CAP + 1))
     with pytest.raises(OversizeError):

@@ -183,7 +183,9 @@ def load_weights_bytes(
     try:
         tensors = st_load(data)
     except Exception as exc:  # safetensors raises several exception types on bad input
-        raise WeightsError(f"{what} is not valid safetensors: {exc}") from None
+        # one line: the parser's message quotes the offending bytes, which may hold newlines
+        reason = " ".join(str(exc).split())[:300]
+        raise WeightsError(f"{what} is not valid safetensors: {reason}") from None
     for name, arr in tensors.items():
         if arr.dtype not in (np.float32, np.int64):
             raise WeightsError(f"{what}: tensor {name!r} has dtype {arr.dtype}; need float32/int64")

@@ -89,12 +89,12 @@ class FrameReader:
         type_name = body.get("type") if isinstance(body, dict) else None
         cap = cap_of(type_name if isinstance(type_name, str) else "")
         if len(raw) > cap.max_frame:
-            raise OversizeError(f"{str(type_name)[:40]} envelope of {len(raw)} bytes is over its {cap.max_frame}-byte cap")
+            raise OversizeError(f"{str(type_name)[:40]!r} envelope of {len(raw)} bytes is over its {cap.max_frame}-byte cap")
         if blob_size is not None:
             if not isinstance(blob_size, int) or isinstance(blob_size, bool) or blob_size < 0:
-                raise FrameError(f"blob size {str(blob_size)[:20]} is not a byte count")
+                raise FrameError(f"blob size {str(blob_size)[:20]!r} is not a byte count")
             if blob_size > cap.max_blob:
-                raise OversizeError(f"{str(type_name)[:40]} blob of {blob_size} bytes is over its {cap.max_blob}-byte cap")
+                raise OversizeError(f"{str(type_name)[:40]!r} blob of {blob_size} bytes is over its {cap.max_blob}-byte cap")
         return decode_obj(body, expected), blob_size
 
     async def read_message(

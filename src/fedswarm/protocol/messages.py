@@ -90,7 +90,7 @@ def decode_obj(obj: Any, expected: tuple[type[WireModel], ...] | None = None) ->
     if expected is not None and cls not in expected:
         raise WireError(f"unexpected message type {type_name!r} here")
     if obj.get("version", PROTOCOL_VERSION) != PROTOCOL_VERSION:
-        raise WireError(f"unsupported version {str(obj.get('version'))[:10]} of {type_name}")
+        raise WireError(f"unsupported version {str(obj.get('version'))[:10]!r} of {type_name}")
     try:
         return cls.model_validate(obj)
     except ValidationError as exc:
