@@ -51,6 +51,7 @@ from fedswarm.learning.graph_ops import (
     TRAIN_FLAGS,
 )
 from fedswarm.learning.spec import MAX_SPEC_BYTES, SpecError, TrainingSpec
+from fedswarm.protocol.decode import DecodeError, decode_json
 
 GRAPH_FORMAT = "fedswarm-graph/1"
 MAX_NODES = 5_000
@@ -129,10 +130,10 @@ def parse_graph_spec(data: str | bytes | dict[str, Any]) -> GraphSpec:
     else:
         if len(data) > 64 * MAX_SPEC_BYTES:
             raise GraphRejected([f"graph JSON is {len(data)} bytes, over the cap"])
-        try:
-            obj = json.loads(data)
-        except ValueError as exc:
-            raise GraphRejected([f"not valid JSON: {exc}"]) from None
+        try:  # the bounded decoder: nesting depth checked before parsing (outside input)
+            obj = decode_json(data, max_bytes=64 * MAX_SPEC_BYTES, what="graph JSON")
+        except DecodeError as exc:
+            raise GraphRejected([str(exc)]) from None
     try:
         spec = GraphSpec.model_validate(obj)
     except ValidationError as exc:

@@ -16,13 +16,14 @@ Example::
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, Union
 
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 from torch import nn
+
+from fedswarm.protocol.decode import DecodeError, decode_json
 
 SEQ_FORMAT = "fedswarm-seq/1"
 MAX_SPEC_BYTES = 1 << 20
@@ -236,10 +237,10 @@ def _load_json(data: str | bytes | dict[str, Any]) -> dict[str, Any]:
         return data
     if len(data) > MAX_SPEC_BYTES:
         raise SpecError(f"spec is {len(data)} bytes, over the {MAX_SPEC_BYTES}-byte cap")
-    try:
-        obj = json.loads(data)
-    except ValueError as exc:
-        raise SpecError(f"spec is not valid JSON: {exc}") from None
+    try:  # the bounded decoder: nesting depth checked before parsing (outside input)
+        obj = decode_json(data, max_bytes=MAX_SPEC_BYTES, what="spec")
+    except DecodeError as exc:
+        raise SpecError(str(exc)) from None
     if not isinstance(obj, dict):
         raise SpecError("spec must be a JSON object")
     return obj
