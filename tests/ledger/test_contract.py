@@ -365,8 +365,9 @@ def test_stray_ether_is_rejected(chain, actors):
 # ---------------------------------------------------------------------------- artifact
 
 
-def test_artifact_matches_source():
-    art = ARTIFACT_DIR / "FedSwarmEscrow.json"
+@pytest.mark.parametrize("name", ["FedSwarmEscrow", "FedSwarmEscrowV2"])
+def test_artifact_matches_source(name: str):
+    art = ARTIFACT_DIR / f"{name}.json"
     import json
 
     raw = json.loads(art.read_text())
@@ -386,6 +387,9 @@ def test_artifact_matches_source():
     [
         (REPO_ROOT / "contracts" / "FedSwarmEscrow.sol", ARTIFACT_DIR / "FedSwarmEscrow.json"),
         (Path(ATTACKER_ARTIFACT).with_suffix(".sol"), ATTACKER_ARTIFACT),
+        (REPO_ROOT / "contracts" / "FedSwarmEscrowV2.sol", ARTIFACT_DIR / "FedSwarmEscrowV2.json"),
+        (Path(ATTACKER_ARTIFACT).parent / "ReentrancyAttackerV2.sol",
+         Path(ATTACKER_ARTIFACT).parent / "ReentrancyAttackerV2.json"),
     ],
 )
 def test_recompile_matches_committed_artifact(source: Path, artifact: Path):

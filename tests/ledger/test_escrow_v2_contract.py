@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from _escrow_v2_chain import ETH, MIN_CLAIM, PRICE, ZERO32, V2Chain, revert_reason
 from eth_tester.exceptions import TransactionFailed
 from eth_utils import keccak
 
+from fedswarm.ledger.contract import load_artifact_file
 from fedswarm.ledger.escrow import job_key_of
 from fedswarm.ledger.escrow_types import (
     JobStatusV2,
@@ -514,3 +517,47 @@ def test_stray_value_is_rejected(chain, actors):
         except Exception as exc:  # refused on submission
             assert not isinstance(exc, AssertionError), exc
     assert chain.balance(chain.address) == 0
+
+
+# ---------------------------------------------------------------------------- reentrancy
+
+ATTACKER = Path(__file__).resolve().parent / "contracts" / "ReentrancyAttackerV2.json"
+
+
+def _attacker(chain: V2Chain, user: str):
+    attacker = chain.deploy(load_artifact_file(ATTACKER), chain.address)
+    chain.tx(attacker.functions.fundAndCancel(chain.now() + 1000, MIN_CLAIM), user, ETH)
+    assert chain.pending(attacker.address) == ETH
+    return attacker
+
+
+def test_reentrant_withdraw_is_blocked(chain, actors):
+    user = actors[0]
+    attacker = _attacker(chain, user)
+    chain.tx(attacker.functions.attack(), user)
+    # Paid once; the nested withdraw() failed with the guard's error.
+    assert attacker.functions.received().call() == ETH
+    assert attacker.functions.reentered().call() is False
+    assert chain.artifact.decode_revert(attacker.functions.lastError().call()) == "ReentrancyGuardReentrantCall()"
+    assert chain.balance(attacker.address) == ETH
+    assert chain.balance(chain.address) == 0 and chain.pending(attacker.address) == 0
+
+
+def test_refused_payment_reverts_and_keeps_credit(chain, actors):
+    user = actors[0]
+    attacker = _attacker(chain, user)
+    chain.tx(attacker.functions.setRefuse(True), user)
+    assert "TransferFailed" in revert_reason(lambda: chain.tx(attacker.functions.attack(), user))
+    assert chain.pending(attacker.address) == ETH and chain.balance(chain.address) == ETH
+
+
+def test_artifact_records_the_pinned_openzeppelin():
+    import json
+
+    from fedswarm.ledger.contract import ARTIFACT_DIR
+    from fedswarm.tools import REPO_ROOT
+
+    pinned = json.loads((REPO_ROOT / "tools" / "package.json").read_text())["dependencies"]
+    raw = json.loads((ARTIFACT_DIR / "FedSwarmEscrowV2.json").read_text())
+    assert raw["libraries"] == {"@openzeppelin/contracts": pinned["@openzeppelin/contracts"]}
+    assert pinned["@openzeppelin/contracts"].startswith("5.")
