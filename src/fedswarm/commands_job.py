@@ -76,7 +76,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--dataset", default="breast_cancer", help="breast_cancer, digits, or a CSV/Parquet/NPZ file")
     d.add_argument("--label", default=None, help="label column when --dataset is a file")
     d.add_argument("--model", default=None, help="model spec (default: the bundled example for the dataset)")
-    d.add_argument("--faults", default="", help="comma list: kill, poison, lazy, client-restart, never-settle")
+    d.add_argument("--faults", default="", help="comma list: kill, poison, lazy, sybil-lazy, copy, inflate-samples, reverse, "
+                   "client-restart, never-settle")
     d.add_argument("--strategy", default="fedavg")
     d.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     d.add_argument("--json", action="store_true", help="print one JSON report")

@@ -61,8 +61,8 @@ def test_cheating_trainer_rejected_and_unpaid(tmp_path, fault):
     cheaters = [t for t in report["trainers"] if t["units_committed"] and not t["units_accepted"]]
     assert len(cheaters) == 1 and cheaters[0]["paid_wei"] == 0 and cheaters[0]["units_rejected"] >= 5
     assert any("rejected" in line for line in report["faults"]["observed"])
-    if fault == "lazy":  # caught by re-execution / the unchanged-weights check, not by luck
-        assert any("re-execution" in line or "identical" in line or "global" in line
+    if fault == "lazy":  # caught against the client's reference (its step is zero), not by luck
+        assert any("norm ratio to the reference" in line or "re-execution" in line
                    for line in report["faults"]["observed"]), report["faults"]
     _assert_money_adds_up(report)
 

@@ -2,12 +2,15 @@
 127.0.0.1; one paid job from submit to decrypted result; a report; everything stopped.
 
 Faults (``--faults``) are injected the way they happen for real: ``kill`` SIGKILLs a chosen
-trainer once round 1 starts, ``poison`` and ``lazy`` start one trainer that cheats (it is the
-cheapest, so it gets picked), ``client-restart`` SIGKILLs the client mid-round and starts it
-again on the same home, ``never-settle`` runs a client that never settles so trainers claim.
-The cheating trainer and the non-paying client are ``fedswarm.testing`` doubles, started
-through its node entry point (``roles.launcher``'s ``fault=``); the nodes themselves know
-nothing of faults.
+trainer once round 1 starts; ``poison``, ``lazy``, ``inflate-samples`` (reports 10**15 samples)
+and ``reverse`` (global - 1.5 x its honest delta) each start one trainer that cheats,
+``sybil-lazy`` two (one owner's keys sending the global weights plus tiny noise) and ``copy`` a
+copier plus the honest trainer it copies from (they share a folder); cheaters are the cheapest,
+so they get picked. ``client-restart`` SIGKILLs the client mid-round and starts it again on the
+same home, ``never-settle`` runs a client that never settles so trainers claim. The cheating
+trainers and the non-paying client are ``fedswarm.testing`` doubles, started through its node
+entry point (``roles.launcher``'s ``fault=``); the nodes themselves know nothing of faults. The
+report's ``trainers[].fault`` names each trainer's injected behaviour (null: honest).
 """
 
 from __future__ import annotations
@@ -26,7 +29,12 @@ import httpx
 from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
 
 DEFAULT_PRICE = 10**15
-FAULTS = {"kill", "poison", "lazy", "client-restart", "never-settle"}
+# Trainer faults -> the doubles they start (the copier's source trains honestly and shares).
+TRAINER_FAULT_NODES = {"poison": ["poison"], "lazy": ["lazy"], "sybil-lazy": ["sybil-lazy", "sybil-lazy"],
+                       "copy": ["copy", "copy-source"], "inflate-samples": ["inflate-samples"],
+                       "reverse": ["reverse"]}
+HONEST_DOUBLES = {"copy-source"}  # doubles whose own work is honest (and must be paid)
+FAULTS = {"kill", "client-restart", "never-settle", *TRAINER_FAULT_NODES}
 
 
 class DemoError(RuntimeError):
@@ -54,8 +62,11 @@ def bundled_dataset(name: str, dest: Path) -> tuple[Path, str, str]:
 
 def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer", label: str | None = None,
              model: str | None = None, faults: list[str] | None = None, strategy: str = "fedavg",
-             workdir: Path | None = None, quiet: bool = False) -> dict[str, Any]:
-    """Run the whole demo and return its report (``ok`` false if the job failed)."""
+             workdir: Path | None = None, quiet: bool = False, standby: int | None = None) -> dict[str, Any]:
+    """Run the whole demo and return its report (``ok`` false if the job failed).
+
+    ``standby``: honest trainers beyond ``trainers`` that redo units lost or rejected within
+    their round (default 1, plus one per three cheating trainers: their slots need redoing)."""
     from rich.console import Console
 
     from fedswarm.devnet import Devnet
@@ -78,27 +89,31 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
         # 1 s heartbeats, 8 s of silence before a peer counts as gone: generous enough that a
         # busy 2-core machine does not make live trainers look dead.
         hb = ["--heartbeat", "1", "--peer-timeout", "8"]
-        with console.status(f"starting bootstrap, client and {trainers + 1} trainers"):
+        doubles = trainer_doubles(faults, trainers)
+        cheating = [d for d in doubles if d not in HONEST_DOUBLES]
+        standby = 1 + len(cheating) // 3 if standby is None else standby
+        with console.status(f"starting bootstrap, client and {trainers + standby} trainers"):
             boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
             # never-settle: the testing layer's client that never pays (its trainers claim).
             client_fault = {"fault": "never-settle"} if "never-settle" in faults else {}
             specs: list[tuple[str, Path, dict[str, Any]]] = [
                 ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb], **client_fault})]
-            cheater = "poison" if "poison" in faults else "lazy" if "lazy" in faults else None
-            for i in range(trainers + 1):  # one more than needed: the standby
+            share = {"FEDSWARM_FAULT_SHARE_DIR": str(root / "fault-share")}
+            for i in range(trainers + standby):  # the standbys are the dearest
                 extra = [*dn, *hb, "--no-gpu"]
                 price = DEFAULT_PRICE + 1000 * i
                 kw: dict[str, Any] = {"bootstrap": boot.addr}
-                if cheater and i == 0:
-                    kw["fault"] = cheater  # the testing layer's faulty trainer
-                    price = DEFAULT_PRICE - 1000  # cheapest: it gets picked
+                if i < len(doubles):
+                    kw["fault"] = doubles[i]  # the testing layer's faulty trainer
+                    kw["env"] = share
+                    price = DEFAULT_PRICE - 1000 * (len(doubles) - i)  # cheapest: they get picked
                 extra += ["--price-wei", str(price)]
                 specs.append(("trainer", root / f"trainer{i}", {**kw, "extra_args": extra}))
             started = start_nodes(specs)
         nodes = [boot, *started]
         client = started[0]
         trainer_nodes = started[1:]
-        _wait_mesh(client, trainers + 1)
+        _wait_mesh(client, trainers + standby)
         console.print(f"[green]network up[/]: bootstrap, client, {len(trainer_nodes)} trainers "
                       f"(devnet at {root / 'devnet'})")
 
@@ -106,10 +121,12 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             data_path, lab, example = Path(dataset), label, None
         else:
             data_path, lab, example = bundled_dataset(dataset, root)
-        terms = {"rounds": rounds, "trainers": trainers, "standby": 1, "strategy": strategy,
+        terms = {"rounds": rounds, "trainers": trainers, "standby": standby, "strategy": strategy,
                  "label": lab, "round_deadline_s": 60.0, "price_cap_wei": 10**16,
                  "settle_window_s": 15 if "never-settle" in faults else 3600,
-                 "local_epochs": 2, "batch_size": 32, "lr": 0.005}
+                 # More trainers split the data into smaller chunks: more local epochs keep each
+                 # round's optimiser steps near the three-trainer demo's (2 epochs up to 5 trainers).
+                 "local_epochs": 2 * max(1, trainers // 3), "batch_size": 32, "lr": 0.005}
         job_id = _submit(client, data_path, model or example, terms)
         console.print(f"submitted [bold]{job_id}[/] ({data_path.name}, {rounds} rounds, {trainers} trainers)")
         restarted = _follow_with_faults(client, job_id, faults, trainer_nodes, report, console, root, boot, dn + hb)
@@ -121,6 +138,7 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             _wait_claims(job, devnet, report, console)
         _wait_withdrawals(devnet, [t for t in trainer_nodes if t.popen.poll() is None], console)
         report.update(_job_report(job, devnet, trainer_nodes, client, root))
+        report["review"] = _review_report(job, devnet)
         _observe_faults(job, faults, trainer_nodes, report)
         report["ok"] = job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
         report["wall_seconds"] = round(time.time() - t_start, 1)
@@ -138,6 +156,15 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             devnet.stop()
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def trainer_doubles(faults: list[str], trainers: int) -> list[str]:
+    """The ``fault=`` of the first trainers started (the rest are honest); DemoError when the
+    chosen trainers cannot hold them all and still leave the standby honest."""
+    doubles = [d for f in faults for d in TRAINER_FAULT_NODES.get(f, [])]
+    if len(doubles) > trainers:
+        raise DemoError(f"faults {', '.join(faults)} need {len(doubles)} trainers; run with --trainers {len(doubles)} or more")
+    return doubles
 
 
 def _wait_mesh(client: NodeProcess, trainers: int, timeout: float = 30) -> None:
@@ -222,13 +249,13 @@ def _observe_faults(job: dict[str, Any], faults: list[str], trainers: list[NodeP
     """Say what the system did about each injected fault (from the job's own records)."""
     observed = report["faults"]["observed"]
     rejected = [u for u in job["units"] if u["verdict"] == "rejected"]
-    cheaters = [t for t in trainers if t.fault is not None]
+    cheaters = [t for t in trainers if t.fault is not None and t.fault not in HONEST_DOUBLES]
     for t in cheaters:
         mine = [u for u in rejected if u["trainer_peer"] == t.peer_id]
         paid = next((x["paid_wei"] for x in report["trainers"] if x["peer_id"] == t.peer_id), 0)
-        reasons = sorted({(u["reason"] or "").split(" (")[0][:80] for u in mine})
-        observed.append(f"{', '.join(f for f in faults if f in ('poison', 'lazy'))}: {len(mine)} units of "
-                        f"{t.peer_id} rejected ({'; '.join(reasons)}), paid {paid} wei")
+        reasons = sorted({_reason_text(u["reason"])[:80] for u in mine})
+        observed.append(f"{t.fault}: {len(mine)} units of {t.peer_id} rejected ({'; '.join(reasons)}), "
+                        f"paid {paid} wei")
     reassigned = sum(r["reassigned"] for r in job["rounds_detail"])
     if reassigned:
         observed.append(f"{reassigned} units reassigned to standby or healthy trainers within their round")
@@ -237,6 +264,14 @@ def _observe_faults(job: dict[str, Any], faults: list[str], trainers: list[NodeP
         paid = next((x for x in report["trainers"] if x["peer_id"] == killed), None)
         observed.append(f"kill: the dead trainer was paid {paid['paid_wei'] if paid else 0} wei for "
                         f"{paid['units_accepted'] if paid else 0} units settled before it died")
+
+
+def _reason_text(reason: str | None) -> str:
+    """The human sentence of a unit's reason (a rejection's reason is its evidence JSON)."""
+    try:
+        return str(json.loads(reason or "")["reason"])
+    except (ValueError, KeyError, TypeError):
+        return (reason or "").split(" (")[0]
 
 
 def _wait_claims(job: dict[str, Any], devnet: Any, report: dict[str, Any], console: Any) -> None:
@@ -293,6 +328,7 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
     per: dict[str, dict[str, Any]] = {}
     for t in trainers:
         per[t.info["address"].lower()] = {"peer_id": t.peer_id, "address": t.info["address"], "price_wei": None,
+                                          "fault": None if t.fault in HONEST_DOUBLES else t.fault,
                                           "units_committed": 0,
                                           "units_accepted": 0, "units_rejected": 0, "paid_wei": 0, "withdrawn_wei": 0}
     for e in mine:
@@ -382,6 +418,42 @@ def _check_audit(job: dict[str, Any], devnet: Any) -> dict[str, Any]:
             continue
         states[state] = states.get(state, 0) + 1
     return {"topic": topic, "messages": len(raw), "verified": bool(result.ok), "states": states}
+
+
+def _review_report(job: dict[str, Any], devnet: Any) -> dict[str, Any]:
+    """The client's review as the audit topic tells it: each round's summary (reference,
+    re-executions, budget, cost) and each rejection's evidence with its hash, beside the reason
+    hash the settlement put on chain for that unit (None when it could not be read)."""
+    from fedswarm.ledger.audit import LocalAuditLog
+    from fedswarm.ledger.evm import job_id_from
+
+    out: dict[str, Any] = {"rounds": [], "evidence": []}
+    topic = job.get("audit_topic")
+    if not topic:
+        return out
+    on_chain: dict[tuple[int, int], str] = {}
+    try:
+        jid = job_id_from(job["job_id"])
+        for e in _reader(devnet).read_events(from_block=0):
+            if e.name == "UnitSettled" and e.args.get("jobId") == jid and not e.args.get("accepted", True):
+                on_chain[(int(e.args["round"]), int(e.args["unit"]))] = "0x" + bytes(e.args["reasonHash"]).hex()
+    except Exception:  # the chain view is a cross-check only
+        on_chain = {}
+    for m in LocalAuditLog(devnet.state["audit"]["url"], None).iter_messages(topic):
+        try:
+            body = m.json()
+        except Exception:
+            continue
+        if body.get("role") != "client":
+            continue
+        if body.get("state") == "round_reviewed":
+            out["rounds"].append({k: v for k, v in body.items() if k not in ("v", "peer", "role", "job", "ts")})
+        elif body.get("state") == "rejected" and "evidence" in body:
+            key = (int(body["round"]), int(body["unit"]))
+            out["evidence"].append({"round": key[0], "unit": key[1], "trainer": body.get("trainer"),
+                                    "evidence": body["evidence"], "reason_hash": body.get("reason_hash"),
+                                    "chain_reason_hash": on_chain.get(key)})
+    return out
 
 
 def _print_report(console: Any, report: dict[str, Any]) -> None:

@@ -142,6 +142,7 @@ def review_round(
     thresholds: Thresholds | None = None,
     policy: ReexecPolicy | None = None,
     dropout: bool = True,
+    reject_misreported: bool = False,
 ) -> ReviewReport:
     """Review every delivered unit of a round; call it once all deliveries are in.
 
@@ -152,7 +153,10 @@ def review_round(
     is the client's own training of that unit (the trainer's exact inputs and seed) and returns
     the flat parameters. ``history`` and ``records`` carry over between rounds and are updated
     here. ``dropout``: the model has dropout (re-executing a CUDA unit on CPU then draws other
-    masks, and the comparison can only be statistical). Raises ``ValueError`` for the client's
+    masks, and the comparison can only be statistical). ``reject_misreported``: a unit whose
+    reported sample count differs from the client's figure is rejected outright (an honest
+    trainer reports exactly rows x epochs); otherwise it is only flagged and re-executed with
+    priority, its weight the client's. Raises ``ValueError`` for the client's
     own bad inputs (non-positive rows or epochs, a malformed re-execution).
     """
     t = thresholds or Thresholds()
@@ -179,6 +183,8 @@ def review_round(
         report.weights[u.unit_id] = w.weight
         if not w.consistent:
             report.weight_flags[u.unit_id] = w.reason
+            if reject_misreported:
+                verdicts[u.unit_id].append(Verdict(False, f"misreported sample count: {w.reason}", "samples"))
         shape = check_shape(u.params, g)
         verdicts[u.unit_id].append(shape)
         if shape.accepted:

@@ -1,7 +1,8 @@
 """``python -m fedswarm.testing.node ROLE --fault FAULT [the flags of fedswarm node]``.
 
 The normal node (same flags, same runtime, same ``node.json``) with its role replaced by a
-fault-injecting double: ``trainer --fault poison|lazy`` (:mod:`.faults`) or
+fault-injecting double: ``trainer --fault poison|lazy|sybil-lazy|copy|copy-source|inflate-samples|reverse``
+(:mod:`.faults`) or
 ``client --fault never-settle`` (:mod:`.client`). ``fedswarm.roles.launcher`` starts it when
 given ``fault=...``; ``fedswarm node`` itself has no ``--fault``.
 """
@@ -28,7 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
     node = sub.choices["node"]
     faults = [f.value for f in TrainerFault] + [f.value for f in ClientFault]
     node.add_argument("--fault", required=True, choices=faults,
-                      help="trainer: poison, lazy; client: never-settle")
+                      help="trainer: poison, lazy, sybil-lazy, copy, copy-source, inflate-samples, "
+                           "reverse; client: never-settle")
     return parser
 
 

@@ -94,6 +94,9 @@ class RoundRecord(BaseModel):
     rejected: int = 0
     reassigned: int = 0
     settle_tx: str | None = None
+    # The review's summaries (reference, re-executions and budget, skipped audits, copies,
+    # weight flags, cost): one per review of the round's deliveries.
+    review: list[dict[str, Any]] = Field(default_factory=list)
 
 
 class UnitRecord(BaseModel):

@@ -1,12 +1,17 @@
 """Phase 4b, review: check a round's delivered updates, then aggregate the accepted ones.
 
 ``check_units`` downloads each delivered update, checks it against the hash its trainer
-committed on chain, decrypts it (:func:`fedswarm.storage.sealed.open_stored`) and runs the
-round's checks (:func:`fedswarm.learning.checks.check_round`: layout, norms, validation loss,
-and re-execution of a seeded sample of units with the trainer's exact inputs).
-``aggregate_round`` feeds the accepted updates to the job's strategy (its server state restored
-first, saved after), evaluates the new global weights on the held-out split and records the
-round as ``checked``.
+committed on chain, decrypts it (:func:`fedswarm.storage.sealed.open_stored`) and, once every
+delivery of the round is in, reviews them together with
+:func:`fedswarm.learning.review.review_round`: every update is judged against a unit the client
+re-executes itself (the reference, picked only now), on samples of the trainers' own chunks and
+of the validation split, against earlier rounds (replays) and against each other (copies), with
+more re-executions for new, doubtful and copied trainers' units. A trainer that misreports its
+sample count is rejected too (an honest one reports exactly rows x epochs). A rejection's
+numbers go to the audit topic as canonical JSON whose keccak256 is the reason hash on chain
+(:mod:`.review_state`). ``aggregate_round`` feeds the accepted updates to the job's strategy,
+weighted by the rows the client assigned (never by what a trainer reports), evaluates the new
+global weights on the held-out split and records the round as ``checked``.
 """
 
 from __future__ import annotations
@@ -14,10 +19,14 @@ from __future__ import annotations
 import secrets
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from fedswarm.learning.checks import CheckConfig, RoundReport, check_round
+from fedswarm.learning.checks import Verdict as CheckVerdict
+from fedswarm.learning.checks import reason_hash
+from fedswarm.learning.reference import aggregation_weight
+from fedswarm.learning.review import ReviewReport, UnitInput, review_round
 from fedswarm.learning.weights import (
     Layout,
     flatten_state,
@@ -30,14 +39,45 @@ from fedswarm.learning.worker import EvalTask, TrainingWorker, TrainTask
 from fedswarm.ledger.evm import job_id_from
 from fedswarm.protocol.preprocessing import Preprocessing
 from fedswarm.roles.client.records import JobRecord, RoundRecord, UnitRecord
+from fedswarm.roles.client.review_state import (
+    CostMeter,
+    chunk_key,
+    ensure_samples,
+    evidence_json,
+    load_state,
+    save_state,
+)
 from fedswarm.roles.client.services import ClientServices, in_thread
 from fedswarm.roles.client.training import JobStrategies, max_update_bytes, reexec_task
 from fedswarm.storage.sealed import JobObjects, open_stored
+
+CLIENT_DEVICE = "cpu"  # the client re-executes on CPU (ClientServices.worker)
 
 
 def global_path(job_dir: Path, r: int) -> Path:
     """The global weights trainers start round ``r`` from (``r = rounds``: the result)."""
     return job_dir / f"global-{r}.safetensors"
+
+
+def unit_weight(job: JobRecord, u: UnitRecord) -> int:
+    """A unit's aggregation weight from the client's own records: the rows of the chunk it
+    assigned x local epochs (what :func:`review_round` uses; never the trainer's figure)."""
+    rows = int(job.chunks[u.slot % len(job.chunks)]["rows"])
+    return aggregation_weight(rows, job.terms.local_epochs).weight
+
+
+def has_dropout(model: dict[str, Any]) -> bool:
+    """Whether a model spec has a Dropout layer (re-execution on another device then differs)."""
+    layers = model.get("layers", [])
+    return any(isinstance(x, dict) and str(x.get("type", "")).startswith("Dropout") for x in layers)
+
+
+def trainer_device(job: JobRecord, peer: str) -> str:
+    """The device a trainer bid with (``cpu`` when unknown)."""
+    for bid in [*job.chosen, *job.standby]:
+        if bid.get("peer_id") == peer:
+            return str((bid.get("capabilities") or {}).get("device", "cpu"))
+    return "cpu"
 
 
 class Review:
@@ -50,63 +90,109 @@ class Review:
         # reused by aggregation; keyed by (job, round, unit), dropped once the round is aggregated.
         self._vectors: dict[tuple[str, int, int], np.ndarray] = {}
 
-    async def check_units(self, job: JobRecord, r: int) -> RoundReport | None:
-        """Check every delivered, unchecked unit of round ``r`` and record its verdict."""
+    async def check_units(self, job: JobRecord, r: int) -> ReviewReport | None:
+        """Review every delivered, unchecked unit of round ``r`` (call it once all deliveries
+        are in: the reference is picked among them) and record each verdict."""
         svc = self.svc
-        gpath = global_path(svc.job_dir(job.job_id), r)
         pending = [u for u in svc.db.units(job.job_id, r) if u.state == "delivered"]
         if not pending:
             return None
+        workdir = svc.job_dir(job.job_id)
+        gpath = global_path(workdir, r)
         loaded = await in_thread(self._load_updates, job, r, pending)
         layout, gvec = await in_thread(load_flat, gpath)
-        updates = {str(u.unit): vec for u, vec in loaded if vec is not None}
         for u, vec in loaded:
             if vec is not None:
                 self._vectors[(job.job_id, r, u.unit)] = vec
             else:
-                u.state, u.verdict = "checked", "rejected"
-                svc.db.put_unit(u)
-        if not updates:
+                await self._reject(job, u, u.reason or "unusable update", "load", {})
+        by_id = {str(u.unit): (u, vec) for u, vec in loaded if vec is not None}
+        if not by_id:
             return None
-        by_id = {str(u.unit): u for u, _ in loaded}
         if job.terms.mode == "noop":
-            # Benchmark mode: trainers hand back the global weights on purpose, so the
-            # unchanged-weights check would reject everyone. Hash, decryption and layout
+            # Benchmark mode: trainers hand back the global weights on purpose, so every
+            # statistic against a reference would reject them. Hash, decryption and layout
             # were still checked when the update was loaded.
-            for uid in updates:
-                u = by_id[uid]
+            for u, _ in by_id.values():
                 u.state, u.verdict, u.reason = "checked", "accepted", "noop mode: loaded and verified"
                 svc.db.put_unit(u)
             return None
         secret = svc.db.get_secret(job.job_id)
+        samples = await in_thread(ensure_samples, job, workdir, secret)
+        state = await in_thread(load_state, workdir, secret)
         worker = await svc.worker()
         strategy = self.strategies.get(job)
-        workdir = svc.job_dir(job.job_id)
+        inputs = [self._unit_input(job, u, vec) for u, vec in by_id.values()]
 
-        def evaluate(params: np.ndarray) -> float:
-            return evaluate_params(worker, job, layout, params, workdir)["loss"]
+        def evaluate(params: np.ndarray, key: str) -> float:
+            return evaluate_params(worker, job, layout, params, workdir, samples[key])["loss"]
 
         def reexecute(unit_id: str) -> np.ndarray:
-            return reexecute_unit(worker, reexec_task(job, strategy, gpath, by_id[unit_id]))
+            return reexecute_unit(worker, reexec_task(job, strategy, gpath, by_id[unit_id][0]))
 
-        train = job.terms.mode == "train"
-        config = CheckConfig(reexec_fraction=job.terms.reexec_fraction if train else 0.0,
-                             loss_rel_tolerance=job.terms.loss_tolerance, loss_abs_tolerance=0.01)
-        report = await svc.locked(lambda: check_round(
-            gvec, updates, round_index=r, secret=secret, config=config,
-            evaluate=evaluate if train else None, reexecute=reexecute,
-            num_samples={k: max(1, by_id[k].num_samples) for k in updates},
-        ))
+        def run() -> tuple[ReviewReport, dict[str, float]]:
+            meter = CostMeter(worker.pid).start()
+            rep = review_round(gvec, inputs, round_index=r, secret=secret, evaluate=evaluate,
+                               reexecute=reexecute, history=state.history, records=state.records,
+                               dropout=has_dropout(job.model), reject_misreported=True)
+            save_state(workdir, state)
+            return rep, meter.stop().as_dict()
+
+        report, cost = await svc.locked(run)
         for uid, unit_report in report.units.items():
-            u = by_id[uid]
+            u = by_id[uid][0]
             verdict = unit_report.verdict
-            u.state, u.verdict = "checked", "accepted" if verdict.accepted else "rejected"
-            u.reason = verdict.reason[:300]
-            svc.db.put_unit(u)
-            if not verdict.accepted:
-                svc.event(job, f"round {r}: unit {u.unit} from {u.trainer_peer[:16]}… rejected: {verdict.reason}")
-                await svc.audit_entry(job, {"state": "rejected", "round": r, "unit": u.unit, "reason": verdict.reason})
+            if unit_report.accepted:
+                u.state, u.verdict, u.reason = "checked", "accepted", verdict.reason[:300]
+                svc.db.put_unit(u)
+            else:
+                numbers = report.evidence(uid)
+                copy_of = report.copies.get(uid)
+                if copy_of is not None and copy_of in by_id:
+                    numbers["copy_of_trainer"] = by_id[copy_of][0].trainer_peer
+                await self._reject(job, u, verdict.reason, verdict.check, numbers)
+        await self._summarise(job, r, report, cost)
         return report
+
+    def _unit_input(self, job: JobRecord, u: UnitRecord, vec: np.ndarray) -> UnitInput:
+        chunk = job.chunks[u.slot % len(job.chunks)]
+        return UnitInput(
+            unit_id=str(u.unit), trainer=u.trainer_peer, chunk=chunk_key(str(chunk["chunk_id"])), params=vec,
+            assigned_rows=int(chunk["rows"]), epochs=job.terms.local_epochs,
+            # 0: the count was not reported (a commit learned from the chain after a restart).
+            reported_samples=u.num_samples or None,
+            cross_device=trainer_device(job, u.trainer_peer) != CLIENT_DEVICE)
+
+    async def _reject(self, job: JobRecord, u: UnitRecord, reason: str, check: str,
+                      numbers: dict[str, Any]) -> None:
+        """Record a rejection whose reason is its canonical evidence JSON (the settlement hashes
+        the reason: keccak256 of this JSON goes on chain) and publish it on the audit topic."""
+        svc = self.svc
+        evidence = evidence_json(job, u.round, u.unit, u.trainer_peer, reason, check, numbers)
+        u.state, u.verdict, u.reason = "checked", "rejected", evidence
+        svc.db.put_unit(u)
+        digest = reason_hash(CheckVerdict(False, evidence, check)).hex()
+        svc.event(job, f"round {u.round}: unit {u.unit} from {u.trainer_peer[:16]}… rejected: {reason[:200]}")
+        await svc.audit_entry(job, {"state": "rejected", "round": u.round, "unit": u.unit,
+                                    "trainer": u.trainer_peer, "reason_hash": "0x" + digest,
+                                    "evidence": evidence})
+
+    async def _summarise(self, job: JobRecord, r: int, report: ReviewReport, cost: dict[str, float]) -> None:
+        """Add this review to the round's record (a round may be reviewed twice: once for its
+        deliveries, once for the units redone after rejections) and to the audit topic."""
+        svc = self.svc
+        summary = {
+            "reference": report.reference, "budget": report.budget, "reexecuted": report.reexecuted,
+            "reexec_reasons": report.reexec_reasons, "reexec_skipped": report.reexec_skipped,
+            "doubtful": report.doubtful, "copies": report.copies, "weight_flags": report.weight_flags,
+            "evaluations": report.evaluations, "accepted": report.accepted, "rejected": report.rejected,
+            **cost,
+        }
+        rnd = svc.db.get_round(job.job_id, r)
+        if rnd is not None:
+            rnd.review = [*rnd.review, summary]
+            svc.db.put_round(rnd)
+        await svc.audit_entry(job, {"state": "round_reviewed", "round": r, **summary})
 
     def _load_updates(self, job: JobRecord, r: int, units: list[UnitRecord]) -> list[tuple[UnitRecord, np.ndarray | None]]:
         """Download, check against the on-chain hash, decrypt and flatten each update."""
@@ -136,8 +222,10 @@ class Review:
         vecs = await in_thread(self._load_accepted, job, units)
         layout, new = await in_thread(aggregate_step, self.strategies, job, r, workdir, vecs)
         worker = await svc.worker()
-        metrics = await svc.locked(lambda: evaluate_params(worker, job, layout, new, workdir))
+        assert job.validation_path is not None
+        metrics = await svc.locked(lambda: evaluate_params(worker, job, layout, new, workdir, job.validation_path))
         all_units = svc.db.units(job.job_id, r)
+        rnd = svc.db.get_round(job.job_id, r) or rnd  # the review may have added its summary
         rnd.metrics = metrics
         rnd.accepted = sum(1 for u in all_units if u.verdict == "accepted")
         rnd.rejected = sum(1 for u in all_units if u.verdict == "rejected")
@@ -147,14 +235,14 @@ class Review:
                        f"val accuracy {metrics.get('accuracy', float('nan')):.4f}, loss {metrics.get('loss', float('nan')):.4f}")
 
     def _load_accepted(self, job: JobRecord, units: list[UnitRecord]) -> list[tuple[np.ndarray, int]]:
-        """Accepted updates with their sample counts: the vectors the checks already loaded,
-        or (after a client restart between check and aggregation) loaded again."""
+        """Accepted updates with their weights from the client's records (the vectors the
+        checks already loaded, or, after a restart between check and aggregation, loaded again)."""
         missing = [u for u in units if (job.job_id, u.round, u.unit) not in self._vectors]
         if missing:
             for u, vec in self._load_updates(job, missing[0].round, missing):
                 if vec is not None:
                     self._vectors[(job.job_id, u.round, u.unit)] = vec
-        out = [(self._vectors[(job.job_id, u.round, u.unit)], max(1, u.num_samples))
+        out = [(self._vectors[(job.job_id, u.round, u.unit)], unit_weight(job, u))
                for u in units if (job.job_id, u.round, u.unit) in self._vectors]
         for key in [k for k in self._vectors if k[0] == job.job_id]:
             del self._vectors[key]  # the round is aggregated: free the memory
@@ -163,9 +251,10 @@ class Review:
 
 def aggregate_step(strategies: JobStrategies, job: JobRecord, r: int, workdir: Path,
                    updates: list[tuple[np.ndarray, int]]) -> tuple[Layout, np.ndarray]:
-    """``global-<r>`` + the strategy state saved with it + the accepted ``(vector, samples)``
-    updates -> ``global-<r+1>`` and its strategy state, both written to ``workdir``. A pure
-    function of those files and updates: rerun after a restart, it gives the same weights."""
+    """``global-<r>`` + the strategy state saved with it + the accepted ``(vector, weight)``
+    updates (weights from the client's records) -> ``global-<r+1>`` and its strategy state, both
+    written to ``workdir``. A pure function of those files and updates: rerun after a restart,
+    it gives the same weights."""
     strategy = strategies.for_round(job, r)
     layout, gvec = load_flat(global_path(workdir, r))
     new = strategy.aggregate(gvec, [v for v, _ in updates], [n for _, n in updates]) if updates else gvec
@@ -188,13 +277,13 @@ def save_flat(path: Path, layout: Layout, vec: np.ndarray) -> None:
 
 
 def evaluate_params(worker: TrainingWorker, job: JobRecord, layout: Layout, params: np.ndarray,
-                    workdir: Path) -> dict[str, float]:
-    """Loss and metrics of ``params`` on the job's held-out validation split."""
-    assert job.validation_path is not None
+                    workdir: Path, data_path: str) -> dict[str, float]:
+    """Loss and metrics of ``params`` on the chunk file ``data_path`` (the held-out validation
+    split, or one of the review's samples)."""
     tmp = workdir / f"eval-{secrets.token_hex(4)}.safetensors"
     save_flat(tmp, layout, params)
     try:
-        return worker.evaluate(EvalTask(model=job.model, weights_path=str(tmp), chunk_paths=[job.validation_path],
+        return worker.evaluate(EvalTask(model=job.model, weights_path=str(tmp), chunk_paths=[data_path],
                                         preprocessing=Preprocessing.model_validate(job.preprocessing)), 300)
     finally:
         tmp.unlink(missing_ok=True)

@@ -27,6 +27,9 @@ from fedswarm.roles.client.training import max_update_bytes, unit_training
 from fedswarm.storage.sealed import JobObjects, StoredRef, seal, seal_key_b64
 
 URL_TTL_SLACK_S = 600  # presigned URLs outlive the round deadline by this much
+# A trainer's UnitDone (with its report: sample count, loss) follows its commit within moments;
+# a commit seen only on chain stands in for it after this long (a restart, a lost message).
+CHAIN_GRACE_S = 10.0
 UnitEvent = tuple[str, UnitDone | UnitFailed]  # (sender peer, message)
 Inbox = trio.MemoryReceiveChannel[UnitEvent]
 
@@ -42,6 +45,7 @@ class Rounds:
         self.settle = settle
         self.cancel_requested = cancel_requested
         self._inbox: dict[str, tuple[trio.MemorySendChannel[UnitEvent], Inbox]] = {}
+        self._seen_on_chain: dict[tuple[str, int, int], float] = {}
 
     async def run_rounds(self, job: JobRecord) -> None:
         """Run the job's remaining rounds, then mark it ``finishing``."""
@@ -170,6 +174,10 @@ class Rounds:
                 last_chain_poll = time.time()
                 await self._poll_commits(job, r, jid)
             await self._reassign_lost(job, r, rnd, global_ref)
+            # Nothing out and nobody left to take the missing slots: waiting for the deadline
+            # would only delay the round.
+            if not any(u.state in ("assigned", "accepted") for u in self.svc.db.units(job.job_id, r)):
+                return
 
     @staticmethod
     def _round_complete(job: JobRecord, units: list[UnitRecord]) -> bool:
@@ -181,7 +189,13 @@ class Rounds:
         if msg.round != r:
             return
         rec = next((u for u in self.svc.db.units(job.job_id, r) if u.unit == msg.unit), None)
-        if rec is None or rec.trainer_peer != sender or rec.state in ("delivered", "checked"):
+        if rec is None or rec.trainer_peer != sender or rec.state == "checked":
+            return
+        if rec.state == "delivered":
+            # Learned from the chain first: keep the trainer's report once it comes.
+            if isinstance(msg, UnitDone) and not rec.num_samples:
+                rec.num_samples, rec.train_loss, rec.seconds = msg.num_samples, msg.train_loss, msg.seconds
+                self.svc.db.put_unit(rec)
             return
         if isinstance(msg, UnitDone):
             rec.state, rec.update_sha256 = "delivered", msg.update_sha256
@@ -196,8 +210,12 @@ class Rounds:
                 continue
             info = await in_thread(self.svc.ledger.unit, jid, r, rec.unit)
             if info.status != UnitStatus.NONE and info.trainer.lower() == rec.trainer_address.lower():
+                first = self._seen_on_chain.setdefault((job.job_id, r, rec.unit), time.time())
+                if time.time() - first < CHAIN_GRACE_S:
+                    continue
+                # num_samples stays as the trainer reported it (0: unknown); weights come from
+                # the client's own records anyway.
                 rec.state, rec.update_sha256 = "delivered", info.update_hash.hex()
-                rec.num_samples = rec.num_samples or job.chunks[rec.slot % len(job.chunks)]["rows"]
                 self.svc.db.put_unit(rec)
 
     async def _reassign_lost(self, job: JobRecord, r: int, rnd: RoundRecord, global_ref: StoredRef) -> None:
@@ -219,8 +237,10 @@ class Rounds:
             if bid is None:
                 continue
             unit = max(max(u.unit for u in units) + 1, len(job.chosen))
-            rnd.reassigned += 1
-            svc.db.put_round(rnd)
+            # Re-read: the review adds its summaries to the stored round meanwhile.
+            stored = svc.db.get_round(job.job_id, r) or rnd
+            stored.reassigned = rnd.reassigned = stored.reassigned + 1
+            svc.db.put_round(stored)
             svc.event(job, f"round {r}: slot {slot} reassigned to {bid['peer_id'][:16]}… as unit {unit}")
             await self._assign(job, r, slot, bid, unit, global_ref, rnd.deadline)
             units = svc.db.units(job.job_id, r)
