@@ -62,6 +62,7 @@ __all__ = [
     "open_stored",
     "open_url",
     "seal",
+    "seal_bytes",
     "seal_key_b64",
 ]
 
@@ -141,15 +142,21 @@ def seal(store: ObjectStore, obj: SealedObject, data: bytes | bytearray, *, key:
          box_public: PublicKey | bytes | str | None = None) -> StoredRef:
     """Encrypt ``data`` as ``obj`` with a chunk ``key`` or to ``box_public`` (exactly one) and
     put it under ``obj.key``. Encryption is randomised: sealing twice gives two hashes."""
+    enc = seal_bytes(obj, data, key=key, box_public=box_public)
+    store.put(obj.key, enc)
+    return StoredRef(obj.key, crypto.sha256_bytes(enc), len(enc))
+
+
+def seal_bytes(obj: SealedObject, data: bytes | bytearray, *, key: bytes | None = None,
+               box_public: PublicKey | bytes | str | None = None) -> bytes:
+    """The ciphertext :func:`seal` would put, for a caller that uploads it another way (a
+    trainer's update goes through a presigned PUT, under a fresh key the client gets later)."""
     if (key is None) == (box_public is None):
         raise ValueError("seal needs exactly one of key= (chunk key) or box_public= (box key)")
     if key is not None:
-        enc = crypto.encrypt_bytes(data, key, obj.job_id, obj.label)
-    else:
-        assert box_public is not None
-        enc = crypto.encrypt_to_box(data, box_public, obj.job_id, obj.label)
-    store.put(obj.key, enc)
-    return StoredRef(obj.key, crypto.sha256_bytes(enc), len(enc))
+        return crypto.encrypt_bytes(data, key, obj.job_id, obj.label)
+    assert box_public is not None
+    return crypto.encrypt_to_box(data, box_public, obj.job_id, obj.label)
 
 
 class _BoundedBuffer(io.BytesIO):
