@@ -348,3 +348,58 @@ def test_devnet_up_exits_when_a_service_dies(tmp_path: Path) -> None:
             proc.kill()
             proc.wait()
         kill_pids(list(pids.values()))
+
+
+def _block(url: str) -> tuple[int, int]:
+    """(number, timestamp) of the chain's latest block."""
+    from web3 import Web3
+
+    b = Web3(Web3.HTTPProvider(url)).eth.get_block("latest")
+    return int(b["number"]), int(b["timestamp"])
+
+
+def test_block_time_mines_on_a_timer_by_default_and_per_transaction_at_zero(tmp_path: Path) -> None:
+    # Prepare: the default devnet (2 s blocks, like Hedera) and one with --block-time 0
+    slow = Devnet.start(tmp_path / "slow")
+    fast = Devnet.start(tmp_path / "fast", block_time=0)
+    pids = [*slow.pids.values(), *fast.pids.values()]
+    try:
+        assert load_devnet_state(slow.home)["chain"]["block_time"] == 2.0
+        assert load_devnet_state(fast.home)["chain"]["block_time"] == 0.0
+        assert load_devnet_state(fast.home)["chain"]["escrow_v2_min_claim_window"] == 10
+        target = "0x" + "42" * 20
+
+        # Execute: with a 2 s timer, blocks come without transactions and a transfer waits
+        # for the next block; with 0, nothing is mined until a transaction, then at once.
+        n0, _ = _block(slow.endpoints()["chain"])
+        time.sleep(4.5)
+        n1, _ = _block(slow.endpoints()["chain"])
+        t0 = time.monotonic()
+        slow.fund_node(target, 1)
+        slow_tx_s = time.monotonic() - t0
+        f0, _ = _block(fast.endpoints()["chain"])
+        time.sleep(2.5)
+        f1, _ = _block(fast.endpoints()["chain"])
+        t0 = time.monotonic()
+        fast.fund_node(target, 1)
+        fast_tx_s = time.monotonic() - t0
+        f2, _ = _block(fast.endpoints()["chain"])
+
+        # Assert
+        assert n1 - n0 >= 1, (n0, n1)
+        assert f1 == f0 and f2 == f0 + 1
+        print(f"transfer: {slow_tx_s:.2f} s at 2 s blocks, {fast_tx_s:.2f} s at 0")
+        assert fast_tx_s < slow_tx_s + 1.0
+    finally:
+        slow.stop()
+        fast.stop()
+        kill_pids(pids)
+    assert wait_gone(pids) == []
+
+
+def test_block_time_out_of_range_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(DevnetError, match="out of range"):
+        Devnet.start(tmp_path / "devnet", block_time=-1)
+    rc, _, err = run_cli(capsys, "devnet", "up", "--home", str(tmp_path / "d2"), "--block-time", "90")
+    assert rc == 1 and "out of range" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "devnet" / "devnet.json").exists()

@@ -18,7 +18,13 @@ from typing import Any
 
 import httpx
 
-from fedswarm.devnet.services import SERVICES, DevnetError, endpoint_url, pid_alive
+from fedswarm.devnet.services import (
+    DEFAULT_BLOCK_TIME_S,
+    SERVICES,
+    DevnetError,
+    endpoint_url,
+    pid_alive,
+)
 
 DEFAULT_FUND_WEI = 1000 * 10**18
 _CHECK_TIMEOUT_S = 3.0
@@ -42,8 +48,9 @@ def register(subparsers: Any) -> None:
     for name in SERVICES:
         up.add_argument(f"--{name}-port", type=int, default=None,
                         help=f"port of the {name} service (default: last run's, else any)")
-    up.add_argument("--block-time", type=float, default=None,
-                    help="mine blocks every N seconds like Hedera (default: on each tx)")
+    up.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME_S, metavar="SECONDS",
+                    help=f"mine a block every SECONDS like Hedera (default {DEFAULT_BLOCK_TIME_S:g}; "
+                         "0: mine on every transaction)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="check that each devnet endpoint answers")
@@ -191,7 +198,15 @@ def _check_chain(url: str, chain: dict[str, Any]) -> dict[str, Any]:
     block = int(rpc("eth_blockNumber", []), 16)
     if not code or code == "0x":
         return {"answers": True, "detail": f"block {block}; NO CONTRACT at {addr}"}
-    return {"answers": True, "detail": f"chain {chain_id}, block {block}, escrow {addr}"}
+    return {"answers": True, "detail": f"chain {chain_id}, block {block}, {_escrows(chain)}"}
+
+
+def _escrows(chain: dict[str, Any]) -> str:
+    """The escrow deployments and the block time, for the endpoints table."""
+    bt = float(chain.get("block_time") or 0)
+    return (f"escrow v2 {chain.get('escrow_v2_address')} (min claim window "
+            f"{chain.get('escrow_v2_min_claim_window')} s), v1 {chain.get('contract_address')}, "
+            + (f"a block every {bt:g} s" if bt else "a block per transaction"))
 
 
 def cmd_status(args: argparse.Namespace) -> int:
@@ -223,7 +238,7 @@ def _endpoints_table(state: dict[str, Any], up: dict[str, bool], *, title: str,
         table.add_column(col)
     default_detail = {
         "store": f"data {(state.get('store') or {}).get('root', '')}",
-        "chain": f"chain id {chain.get('chain_id')}, escrow {chain.get('contract_address')}",
+        "chain": f"chain id {chain.get('chain_id')}, {_escrows(chain)}",
         "audit": f"db {(state.get('audit') or {}).get('db', '')}",
     }
     for s in SERVICES:

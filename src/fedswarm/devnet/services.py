@@ -43,6 +43,10 @@ LOCK_FILE = "devnet.lock"
 # Where each service's URL sits in devnet.json (section, key).
 ENDPOINT_KEYS = {"store": ("store", "url"), "chain": ("chain", "rpc_url"), "audit": ("audit", "url")}
 STOP_TIMEOUT_S = 10.0
+# Hedera finalises a transaction in ~2-3 s; the devnet mines on the same 2 s timer by default so
+# any chain wait on a job's hot path shows up in tests, the demo and the benchmarks.
+# 0 (``--block-time 0``) mines on every transaction instead.
+DEFAULT_BLOCK_TIME_S = 2.0
 
 Popen = subprocess.Popen  # the start functions return Popen[bytes]
 
@@ -108,13 +112,14 @@ class Devnet:
 
     @classmethod
     def start(cls, home: Path, ports: Mapping[str, int] | None = None, *,
-              block_time: float | None = None, timeout: float = 90.0) -> Devnet:
+              block_time: float | None = DEFAULT_BLOCK_TIME_S, timeout: float = 90.0) -> Devnet:
         """Start the store, anvil (contract deployed, ``--state`` under ``home/chain``) and the
         audit log in parallel, wait until all answer and write ``home/devnet.json``.
 
         ``ports`` maps ``store``/``chain``/``audit`` to a port; a port given there must be
         free. Otherwise the previous run's port is reused when free, else the OS picks one.
-        ``block_time`` (seconds) makes anvil mine on a timer like Hedera (None: instant).
+        ``block_time`` (seconds, default 2) makes anvil mine on a timer like Hedera; 0 or None
+        mines on every transaction. devnet.json records it as ``chain.block_time`` (0: instant).
         Raises :class:`DevnetError` (nothing left running) if any service fails to start or
         another devnet already runs on ``home``.
         """
@@ -124,6 +129,10 @@ class Devnet:
         from fedswarm.storage.localstore import start_local_store
 
         home = Path(home).expanduser().resolve()
+        if block_time is not None and not 0 <= block_time <= 60:
+            raise DevnetError(f"block time {block_time} s is out of range: use 0 (mine on every "
+                              "transaction) up to 60 seconds")
+        block_time = float(block_time or 0)
         ports = dict(ports or {})
         unknown = set(ports) - set(SERVICES)
         if unknown:
@@ -138,7 +147,7 @@ class Devnet:
             chosen = {s: _choose_port(s, ports.get(s), previous) for s in SERVICES}
             starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
                 "store": lambda: start_local_store(home / "store", chosen["store"]),
-                "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time),
+                "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time or None),
                 "audit": lambda: start_audit_server(home / "audit" / "topics.db",
                                                     chosen["audit"]),
             }
@@ -146,6 +155,7 @@ class Devnet:
         except BaseException:
             _release_lock(lock_fd)
             raise
+        info["chain"] = {**info["chain"], "block_time": block_time}
         state_update: dict[str, Any] = {
             **info,
             "network": "devnet",
