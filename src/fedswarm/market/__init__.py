@@ -13,7 +13,18 @@ from fedswarm.market.bids import (
     verify_bid,
 )
 from fedswarm.market.pricing import Quote, TrainerQuote, quote
-from fedswarm.market.reputation import NEW_TRAINER, Reputation, reputation_from_events
+from fedswarm.market.reputation import (
+    NEW_TRAINER,
+    ClientRecord,
+    Reputation,
+    ReputationPolicy,
+    SettlementBook,
+    SettlementRecord,
+    client_records,
+    client_refusal,
+    reputation_from_events,
+    trainer_reputation,
+)
 from fedswarm.market.selection import (
     CheapestReputable,
     JobRequirements,
@@ -28,19 +39,26 @@ __all__ = [
     "NEW_TRAINER",
     "BidError",
     "BidLike",
+    "ClientRecord",
     "CheapestReputable",
     "JobRequirements",
     "Quote",
     "Reputation",
+    "ReputationPolicy",
     "Selection",
     "SelectionError",
     "SelectionPolicy",
+    "SettlementBook",
+    "SettlementRecord",
     "TrainerQuote",
     "bid_message",
+    "client_records",
+    "client_refusal",
     "make_policy",
     "quote",
     "recover_bid_address",
     "reputation_from_events",
     "sign_bid",
+    "trainer_reputation",
     "verify_bid",
 ]
