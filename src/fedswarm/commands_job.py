@@ -80,6 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                    "client-restart, never-settle")
     d.add_argument("--strategy", default="fedavg")
     d.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
+    d.add_argument("--block-time", type=float, default=2.0, metavar="SECONDS",
+                   help="devnet block time like Hedera (default 2; 0: a block per transaction)")
     d.add_argument("--json", action="store_true", help="print one JSON report")
     d.set_defaults(func=cmd_demo)
 
@@ -254,7 +256,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(trainers=args.trainers, rounds=args.rounds, dataset=args.dataset, label=args.label,
                       model=args.model, faults=[f for f in args.faults.split(",") if f], strategy=args.strategy,
-                      workdir=args.workdir, quiet=args.json)
+                      workdir=args.workdir, quiet=args.json, block_time=args.block_time)
     if args.json:
         print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1

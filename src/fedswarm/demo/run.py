@@ -26,6 +26,9 @@ from typing import Any
 
 import httpx
 
+from fedswarm.demo import chain
+from fedswarm.devnet.services import DEFAULT_BLOCK_TIME_S
+from fedswarm.ledger.escrow_books import JobBooks
 from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
 
 DEFAULT_PRICE = 10**15
@@ -62,8 +65,14 @@ def bundled_dataset(name: str, dest: Path) -> tuple[Path, str, str]:
 
 def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer", label: str | None = None,
              model: str | None = None, faults: list[str] | None = None, strategy: str = "fedavg",
-             workdir: Path | None = None, quiet: bool = False, standby: int | None = None) -> dict[str, Any]:
-    """Run the whole demo and return its report (``ok`` false if the job failed).
+             workdir: Path | None = None, quiet: bool = False, standby: int | None = None,
+             block_time: float = DEFAULT_BLOCK_TIME_S) -> dict[str, Any]:
+    """Run the whole demo and return its report (``ok`` false if the job failed or its escrow
+    does not balance to the wei once released).
+
+    ``block_time``: seconds between the devnet's blocks (default 2 s like Hedera; 0: a block
+    per transaction). The job's windows are short (settle 30 s, 15 s with never-settle; claim:
+    the devnet's 10 s minimum) and the demo waits for the escrow's release before reporting.
 
     ``standby``: honest trainers beyond ``trainers`` that redo units lost or rejected within
     their round (default 1, plus one per three cheating trainers: their slots need redoing)."""
@@ -84,7 +93,7 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
     report: dict[str, Any] = {"ok": False, "faults": {"injected": faults, "observed": []}}
     try:
         with console.status("starting the devnet (object store, anvil + escrow contract, topic log)"):
-            devnet = Devnet.start(root / "devnet")
+            devnet = Devnet.start(root / "devnet", block_time=block_time)
         dn = ["--devnet-home", str(root / "devnet")]
         # 1 s heartbeats, 8 s of silence before a peer counts as gone: generous enough that a
         # busy 2-core machine does not make live trainers look dead.
@@ -123,7 +132,7 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             data_path, lab, example = bundled_dataset(dataset, root)
         terms = {"rounds": rounds, "trainers": trainers, "standby": standby, "strategy": strategy,
                  "label": lab, "round_deadline_s": 60.0, "price_cap_wei": 10**16,
-                 "settle_window_s": 15 if "never-settle" in faults else 3600,
+                 **chain.windows(devnet, "never-settle" in faults),
                  # More trainers split the data into smaller chunks: more local epochs keep each
                  # round's optimiser steps near the three-trainer demo's (2 epochs up to 5 trainers).
                  "local_epochs": 2 * max(1, trainers // 3), "batch_size": 32, "lr": 0.005}
@@ -134,13 +143,12 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             nodes[nodes.index(client)] = restarted
             client = restarted
         job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
-        if "never-settle" in faults:
-            _wait_claims(job, devnet, report, console)
-        _wait_withdrawals(devnet, [t for t in trainer_nodes if t.popen.poll() is None], console)
-        report.update(_job_report(job, devnet, trainer_nodes, client, root))
+        books = _settle_chain(job, devnet, client, trainer_nodes, faults, report, console)
+        report.update(_job_report(job, devnet, trainer_nodes, client, root, books))
         report["review"] = _review_report(job, devnet)
         _observe_faults(job, faults, trainer_nodes, report)
-        report["ok"] = job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
+        report["ok"] = (job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
+                        and report["escrow"]["balanced"])
         report["wall_seconds"] = round(time.time() - t_start, 1)
         _print_report(console, report)
         return report
@@ -274,81 +282,37 @@ def _reason_text(reason: str | None) -> str:
         return (reason or "").split(" (")[0]
 
 
-def _wait_claims(job: dict[str, Any], devnet: Any, report: dict[str, Any], console: Any) -> None:
-    """With a client that never settles, trainers claim once the settle window has passed."""
-    from fedswarm.ledger.evm import job_id_from
-
-    ledger = _reader(devnet)
-    jid = job_id_from(job["job_id"])
-    deadline = time.monotonic() + 120
-    with console.status("waiting for trainers to claim unsettled units"):
-        while time.monotonic() < deadline:
-            events = [e for e in ledger.read_events(from_block=0) if e.args.get("jobId") == jid]
-            commits = [e for e in events if e.name == "UnitCommitted"]
-            claims = [e for e in events if e.name == "UnitClaimed"]
-            if commits and len(claims) >= len(commits):
-                report["faults"]["observed"].append(f"never-settle: trainers claimed {len(claims)} units after the window")
-                return
-            time.sleep(1.0)
-    report["faults"]["observed"].append("never-settle: trainers did not claim within 120 s")
-
-
-def _wait_withdrawals(devnet: Any, trainers: list[NodeProcess], console: Any, timeout: float = 30) -> None:
-    """Trainers pull their pay when they hear the job finished; give them a moment."""
-    ledger = _reader(devnet)
-    deadline = time.monotonic() + timeout
-    with console.status("waiting for trainers to withdraw their pay"):
-        while time.monotonic() < deadline:
-            if all(ledger.pending(t.info["address"]) == 0 for t in trainers):
-                return
-            time.sleep(0.5)
-
-
-def _reader(devnet: Any) -> Any:
-    from eth_account import Account
-
-    from fedswarm.ledger.evm import Ledger
-
-    chain = devnet.state["chain"]
-    return Ledger(chain["rpc_url"], chain["contract_address"], Account.create())
+def _settle_chain(job: dict[str, Any], devnet: Any, client: NodeProcess, trainers: list[NodeProcess],
+                  faults: list[str], report: dict[str, Any], console: Any) -> JobBooks | None:
+    """Follow the job's money on escrow v2 to the end: claims (never-settle), the release, the
+    trainers' withdrawals; returns its books (None if it was never funded)."""
+    escrow = chain.reader(devnet)
+    key = chain.job_key(job, escrow, client.info["address"])
+    if key is None:
+        return None
+    if "never-settle" in faults:
+        report["faults"]["observed"].append(chain.wait_claims(escrow, key, job, console))
+    chain.wait_release(escrow, key, devnet, console)
+    chain.wait_withdrawals(escrow, [t.info["address"] for t in trainers if t.popen.poll() is None], console)
+    return chain.read_books(escrow, key)
 
 
 def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], client: NodeProcess,
-                root: Path) -> dict[str, Any]:
-    """The JSON report, with money and audit facts read from the chain and the topic log."""
-    from fedswarm.ledger.evm import job_id_from
-
-    ledger = _reader(devnet)
-    jid = job_id_from(job["job_id"])
-    events = [e for e in ledger.read_events(from_block=0)]
-    mine = [e for e in events if e.args.get("jobId") == jid]
-    deposited = sum(e.args["amount"] for e in mine if e.name == "JobCreated")
-    paid = sum(e.args["amount"] for e in mine if e.name in ("UnitSettled", "UnitClaimed") and e.args.get("accepted", True))
-    refunded = sum(e.args.get("refund", 0) for e in mine if e.name in ("JobCompleted", "JobCancelled"))
+                root: Path, books: JobBooks | None) -> dict[str, Any]:
+    """The JSON report, with money read from escrow v2 and audit facts from the topic log."""
+    delivered: dict[str, int] = {}  # units the client received, by trainer peer (no chain tx in v2)
+    for u in job.get("units", []):
+        if u.get("state") in ("delivered", "checked"):
+            delivered[u["trainer_peer"]] = delivered.get(u["trainer_peer"], 0) + 1
     per: dict[str, dict[str, Any]] = {}
     for t in trainers:
-        per[t.info["address"].lower()] = {"peer_id": t.peer_id, "address": t.info["address"], "price_wei": None,
-                                          "fault": None if t.fault in HONEST_DOUBLES else t.fault,
-                                          "units_committed": 0,
-                                          "units_accepted": 0, "units_rejected": 0, "paid_wei": 0, "withdrawn_wei": 0}
-    for e in mine:
-        who = str(e.args.get("trainer", "")).lower()
-        if who not in per:
-            continue
-        if e.name == "UnitCommitted":
-            per[who]["units_committed"] += 1
-        elif e.name == "UnitSettled":
-            per[who]["units_accepted" if e.args["accepted"] else "units_rejected"] += 1
-            per[who]["paid_wei"] += e.args["amount"] if e.args["accepted"] else 0
-        elif e.name == "UnitClaimed":
-            per[who]["paid_wei"] += e.args["amount"]
-    for e in mine:
-        if e.name == "TrainerAdded" and str(e.args["trainer"]).lower() in per:
-            per[str(e.args["trainer"]).lower()]["price_wei"] = e.args["pricePerUnit"]
-    for e in events:
-        who = str(e.args.get("account", "")).lower()
-        if e.name == "Withdrawn" and who in per:
-            per[who]["withdrawn_wei"] += e.args["amount"]
+        on_chain = books.trainers.get(t.info["address"].lower()) if books else None
+        per[t.info["address"].lower()] = {
+            "peer_id": t.peer_id, "address": t.info["address"], "fault": None if t.fault in HONEST_DOUBLES else t.fault,
+            "price_wei": on_chain.price if on_chain else None, "units_committed": delivered.get(t.peer_id, 0),
+            "units_accepted": on_chain.accepted if on_chain else 0, "units_rejected": on_chain.rejected if on_chain else 0,
+            "units_claimed": on_chain.claimed if on_chain else 0, "paid_wei": on_chain.paid if on_chain else 0,
+            "withdrawn_wei": on_chain.withdrawn if on_chain else 0}
     for t in trainers:  # chunks fetched vs reused from the trainer's cache (a killed one is gone)
         try:
             stats = httpx.get(f"{t.api}/status", timeout=5).json()["trainer"]["stats"]
@@ -365,7 +329,8 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
                                       "reassigned", "seconds")} for r in job["rounds_detail"]],
         "final": {"val_accuracy": job["final_metrics"].get("accuracy"), "val_loss": job["final_metrics"].get("loss")},
         "trainers": [v for v in per.values() if v["units_committed"] or v["paid_wei"]],
-        "escrow": {"deposited_wei": deposited, "paid_wei": paid, "refunded_wei": refunded},
+        "escrow": chain.escrow_block(books, devnet) if books else chain.EMPTY_ESCROW,
+        "chain": chain.chain_block(books, devnet, len(job.get("units", []))) if books else None,
         "audit": audit, "result": result,
     }
 
@@ -425,18 +390,13 @@ def _review_report(job: dict[str, Any], devnet: Any) -> dict[str, Any]:
     re-executions, budget, cost) and each rejection's evidence with its hash, beside the reason
     hash the settlement put on chain for that unit (None when it could not be read)."""
     from fedswarm.ledger.audit import LocalAuditLog
-    from fedswarm.ledger.evm import job_id_from
 
     out: dict[str, Any] = {"rounds": [], "evidence": []}
     topic = job.get("audit_topic")
     if not topic:
         return out
-    on_chain: dict[tuple[int, int], str] = {}
     try:
-        jid = job_id_from(job["job_id"])
-        for e in _reader(devnet).read_events(from_block=0):
-            if e.name == "UnitSettled" and e.args.get("jobId") == jid and not e.args.get("accepted", True):
-                on_chain[(int(e.args["round"]), int(e.args["unit"]))] = "0x" + bytes(e.args["reasonHash"]).hex()
+        on_chain = chain.chain_reason_hashes(devnet, job)
     except Exception:  # the chain view is a cross-check only
         on_chain = {}
     for m in LocalAuditLog(devnet.state["audit"]["url"], None).iter_messages(topic):
@@ -471,7 +431,12 @@ def _print_report(console: Any, report: dict[str, Any]) -> None:
     console.print(t2)
     esc, res, aud = report["escrow"], report["result"], report["audit"]
     console.print(f"escrow: deposited {esc['deposited_wei']} = paid {esc['paid_wei']} + refunded {esc['refunded_wei']}"
-                  f" ({'balanced' if esc['deposited_wei'] == esc['paid_wei'] + esc['refunded_wei'] else 'NOT balanced'})")
+                  f" ({'balanced' if esc['balanced'] else 'NOT balanced'}; released: {esc['released']}, "
+                  f"by {esc.get('released_by')}, refund at release {esc.get('released_refund_wei')})")
+    ch = report.get("chain")
+    if ch:
+        console.print(f"chain: {ch['transactions']} for {ch['units']} units, gas {ch['gas'].get('total')}; a block every "
+                      f"{ch['block_time']:g} s, settle window {ch['settle_window_s']} s, claim window {ch['claim_window_s']} s")
     console.print(f"audit topic {aud['topic']}: {aud['messages']} messages, chain {'verified' if aud['verified'] else 'NOT verified'}")
     console.print(f"result: {res['path']} sha256 {res['sha256']} (decrypted: {res['decrypted']}, other key refused: {res['other_key_refused']})")
     for line in report["faults"]["observed"]:
