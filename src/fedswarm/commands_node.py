@@ -22,6 +22,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     node.add_argument("--no-gpu", action="store_true", help="trainer: never use a GPU")
     node.add_argument("--worker-idle", type=float, default=None, metavar="SECONDS",
                       help="trainer: stop the training worker after this long without work (default 120; 0 = keep it warm)")
+    node.add_argument("--max-settle-window", type=int, default=None, metavar="SECONDS",
+                      help="trainer: refuse jobs whose settle window (how long the client may hold our pay "
+                           "before we claim it ourselves) is longer (default 86400)")
+    node.add_argument("--receipt-skew", type=int, default=None, metavar="SECONDS",
+                      help="trainer: accept receipts issued at most this far from our clock (default 60)")
     node.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default 1)")
     node.add_argument("--peer-timeout", type=float, default=None, help="seconds of silence before a peer is unresponsive (default 4)")
     node.set_defaults(func=cmd_node)
@@ -53,6 +58,7 @@ def cmd_node(args: argparse.Namespace, **role_classes: type) -> int:
         print("fedswarm: a client or trainer needs --bootstrap MULTIADDR (or BOOTSTRAP_ADDR)", file=sys.stderr)
         return 2
     opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "worker_idle_s": args.worker_idle,
+            "max_settle_window_s": args.max_settle_window, "receipt_skew_s": args.receipt_skew,
             "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout}
     trio.run(lambda: run_node(role, settings, home, bootstrap, **role_classes, **opts))
     return 0

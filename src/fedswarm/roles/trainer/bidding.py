@@ -1,9 +1,10 @@
 """The trainer on the market: which announced jobs it bids on, the signed bid, the job topic.
 
 A :class:`JobAnnounce` on the market topic that fits (sender is the job's client, our price
-within the cap, RAM/GPU, the same chain and contract as our ledger) gets a signed :class:`Bid`
-over RPC; the job is remembered and its topic followed (RoundResult, JobFinished). After
-JobFinished the trainer withdraws its pending pay.
+within the cap, RAM/GPU, the same chain and v2 escrow as ours, signed by the operator it names)
+gets a signed :class:`Bid` over RPC; the job is remembered with its operator and escrow, and its
+topic followed (RoundResult, JobFinished). After JobFinished the trainer withdraws its pending
+pay.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 
 import trio
 
+from fedswarm.market.operator import SignatureError, verify_announcement
 from fedswarm.p2p.node import RpcError
 from fedswarm.protocol.job import Bid, BidAck, JobAnnounce, JobFinished, RoundResult
 from fedswarm.protocol.messages import Capabilities, WireModel
@@ -64,6 +66,15 @@ class Bidding(TrainerCore):
             return f"chain {ann.chain_id} is not ours ({self.chain_id})"
         if ann.contract.lower() != self.contract:
             return f"contract {ann.contract} is not ours ({self.contract})"
+        if ann.operator is None or ann.operator_sig is None:
+            self.stats.bump("announces_unsigned")
+            return "the announcement names no signing operator"
+        try:
+            verify_announcement(ann.operator, ann.operator_sig, ann.job_id, ann.client_peer_id,
+                                ann.chain_id, ann.contract)
+        except SignatureError as exc:
+            self.stats.bump("announces_unsigned")
+            return f"the announcement's operator signature does not hold: {exc}"
         return None
 
     async def _bid(self, ann: JobAnnounce) -> None:
@@ -76,7 +87,9 @@ class Bidding(TrainerCore):
                       box_public=self.identity.box_public_hex, price_wei=self.options.price_wei,
                       capabilities=self._capabilities(), signature=signature)
             # Remember the job before the client can answer with a work unit.
-            self.db.add_job(ann.job_id, ann.client_peer_id, ann.audit_topic, self.options.price_wei)
+            # The operator is remembered only now that its signature held (see _why_not_bid).
+            self.db.add_job(ann.job_id, ann.client_peer_id, ann.audit_topic, self.options.price_wei,
+                            operator=ann.operator, contract=ann.contract, chain_id=ann.chain_id)
             await self._follow_job(ann.job_id, ann.client_peer_id)
             self.node.remember_addrs(ann.client_peer_id, ann.client_addrs)
             timeout = min(15.0, max(1.0, ann.bid_deadline - time.time()))

@@ -1,6 +1,7 @@
 """What every part of the trainer shares: its options, its state, the audit queue, the worker.
 
-:class:`TrainerCore` holds the node, wallet, ledger, audit log, training worker and database
+:class:`TrainerCore` holds the node, wallet, escrow (v2; the v1 ledger only for old jobs), audit
+log, training worker and database
 that :mod:`.bidding`, :mod:`.unit` and :mod:`.pay` work with; :class:`~.role.Trainer` puts the
 three parts together. Nothing here talks to the market or touches a unit.
 """
@@ -20,6 +21,7 @@ from fedswarm.config import ConfigError, Settings
 from fedswarm.identity import Identity
 from fedswarm.learning.worker import TrainingWorker
 from fedswarm.ledger.audit import AuditLog
+from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.evm import Ledger
 from fedswarm.p2p.node import Node
 from fedswarm.roles.trainer.records import TrainerDB
@@ -28,6 +30,8 @@ from fedswarm.storage.chunk_cache import ChunkCache
 log = logging.getLogger("fedswarm.trainer")
 
 DEFAULT_PRICE_WEI = 10**15
+DEFAULT_MAX_SETTLE_WINDOW_S = 86_400  # a job may keep our pay unsettled at most a day
+RECEIPT_SKEW_S = 60  # a receipt's issued_at must be within this of our clock
 MIN_UNIT_SECONDS = 3.0  # a unit whose deadline is closer than this is refused at once
 # RPC error codes that mean "the client heard us and said no": retrying cannot help.
 PERMANENT_RPC_CODES = ("rejected", "forbidden", "bad_request", "not_found", "unknown_type", "too_large")
@@ -49,6 +53,10 @@ class TrainerOptions:
     # 0 keeps it warm from start-up on. It is started again as soon as the trainer bids.
     worker_idle_s: float = 120.0
     allow_private_urls: bool = True  # devnet storage lives on 127.0.0.1
+    # The longest settle window we work under: past it an unsettled unit becomes claimable
+    # with its receipt, so this bounds how long a client may hold our pay.
+    max_settle_window_s: int = DEFAULT_MAX_SETTLE_WINDOW_S
+    receipt_skew_s: int = RECEIPT_SKEW_S
 
     @classmethod
     def from_opts(cls, opts: dict[str, object], node: Node, settings: Settings) -> TrainerOptions:
@@ -60,9 +68,18 @@ class TrainerOptions:
         idle_s = 120.0 if idle is None else float(idle)
         if idle_s < 0:
             raise ConfigError(f"--worker-idle must be 0 or more seconds, got {idle_s:g}")
+        window = _number(opts.get("max_settle_window_s"))
+        window_s = DEFAULT_MAX_SETTLE_WINDOW_S if window is None else int(window)
+        if window_s <= 0:
+            raise ConfigError(f"--max-settle-window must be positive seconds, got {window_s}")
+        skew = _number(opts.get("receipt_skew_s"))
+        skew_s = RECEIPT_SKEW_S if skew is None else int(skew)
+        if skew_s < 0:
+            raise ConfigError(f"--receipt-skew must be 0 or more seconds, got {skew_s}")
         return cls(price_wei=price, worker_idle_s=idle_s,
                    claim_interval_s=float(_number(opts.get("claim_interval")) or 5.0),
-                   allow_private_urls=settings.is_devnet)
+                   allow_private_urls=settings.is_devnet, max_settle_window_s=window_s,
+                   receipt_skew_s=skew_s)
 
 
 def _number(value: object) -> int | float | None:
@@ -108,10 +125,12 @@ class TrainerCore:
         workdir: Path,
         options: TrainerOptions,
         chain_id: int,
+        escrow: EscrowV2,
     ) -> None:
         self.node = node
         self.identity = identity
-        self.ledger = ledger
+        self.ledger = ledger  # v1: only old jobs' claims and withdrawals
+        self.escrow = escrow
         self.audit = audit
         self.worker = worker
         self.db = db
@@ -119,7 +138,11 @@ class TrainerCore:
         self.options = options
         self.chunks = ChunkCache(workdir / "chunks", allow_private=options.allow_private_urls)
         self.chain_id = chain_id
-        self.contract = ledger.contract_address.lower()
+        self.contract = escrow.contract_address.lower()  # new jobs must name this escrow
+        self._escrows: dict[str, EscrowV2] = {self.contract: escrow}
+        # Jobs whose chain terms passed the checks before their first unit: job id -> units
+        # we are registered for (re-read when the receipts reach it).
+        self._job_checked: dict[str, int] = {}
         self.peer_id = node.peer_id
         self.box_key: PrivateKey = identity.box_key
         self.pending_wei: int | None = None
@@ -132,6 +155,17 @@ class TrainerCore:
         # Ledger writes one at a time: one account, one nonce sequence.
         self._chain_limiter = trio.CapacityLimiter(1)
         self._audit_send, self._audit_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](2048)
+
+    def escrow_at(self, contract: str) -> EscrowV2:
+        """The v2 client for the escrow at ``contract`` (a job stays on the one it was funded
+        on, even after the node moves to a new deployment)."""
+        key = contract.lower()
+        if key not in self._escrows:
+            self._escrows[key] = EscrowV2(rpc_url=self.escrow.rpc_url, contract_address=contract,
+                                          account=self.escrow.account, units=self.escrow.units,
+                                          chain_id=self.escrow.chain_id,
+                                          receipt_timeout=self.escrow.receipt_timeout)
+        return self._escrows[key]
 
     async def _withdraw(self, job_id: str | None, audit_topic: str | None) -> None:
         """Withdraw our pending pay (see :class:`~.pay.Payments`, which provides it)."""

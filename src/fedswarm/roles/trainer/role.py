@@ -18,6 +18,7 @@ from fedswarm.config import Settings
 from fedswarm.identity import Identity
 from fedswarm.learning.worker import TrainingWorker
 from fedswarm.ledger.audit import AuditLog
+from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.evm import Ledger
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.job import WorkUnit
@@ -25,13 +26,14 @@ from fedswarm.protocol.topics import MARKET_TOPIC, PRESENCE_TOPIC
 from fedswarm.roles.trainer.bidding import Bidding
 from fedswarm.roles.trainer.core import TrainerOptions
 from fedswarm.roles.trainer.pay import Payments
-from fedswarm.roles.trainer.records import ACTIVE_STATES, TrainerDB, UnitState
+from fedswarm.roles.trainer.records import ACTIVE_STATES, ReceiptStatus, TrainerDB, UnitState
 from fedswarm.roles.trainer.unit import UnitFlow
 
 log = logging.getLogger("fedswarm.trainer")
 
 # Units whose work is done, whatever became of their pay.
-DONE_STATES = (UnitState.COMMITTED, UnitState.DELIVERED, UnitState.PAID, UnitState.CLAIMED, UnitState.REJECTED)
+DONE_STATES = (UnitState.RECEIPTED, UnitState.DELIVERED, UnitState.PAID, UnitState.CLAIMED,
+               UnitState.REJECTED, UnitState.COMMITTED)
 
 
 class Trainer(Bidding, UnitFlow, Payments):
@@ -52,8 +54,9 @@ class Trainer(Bidding, UnitFlow, Payments):
         workdir: Path,
         options: TrainerOptions,
         chain_id: int,
+        escrow: EscrowV2,
     ) -> None:
-        super().__init__(node, identity, ledger, audit, worker, db, workdir, options, chain_id)
+        super().__init__(node, identity, ledger, audit, worker, db, workdir, options, chain_id, escrow)
         node.on_rpc(WorkUnit, self._on_work_unit)
 
     # -- what the node runtime and the HTTP layer use ------------------------------------------
@@ -66,6 +69,10 @@ class Trainer(Bidding, UnitFlow, Payments):
             "units_done": sum(counts.get(s.value, 0) for s in DONE_STATES),
             "units_failed": counts.get(UnitState.FAILED.value, 0),
             "units_by_state": counts,
+            "receipts_held": len(self.db.receipts(status=ReceiptStatus.HELD)),
+            "jobs_stopped": sorted(j.job_id for j in self.db.jobs() if j.stopped),
+            "escrow": self.escrow.contract_address,
+            "max_settle_window_s": self.options.max_settle_window_s,
             "pending_wei": self.pending_wei,
             "price_wei": self.options.price_wei,
             "address": self.identity.address,
@@ -117,7 +124,8 @@ async def open_trainer(
     fund_wallet: Callable[[str], None] | None = None,
     trainer_cls: type[Trainer] = Trainer,
 ) -> Trainer:
-    """Build the trainer role for ``node``: ledger, audit log, worker, database.
+    """Build the trainer role for ``node``: escrow (v2; the v1 ledger for old jobs), audit log,
+    worker, database.
 
     ``fund_wallet(address)`` (the devnet faucet, say) runs first, in a thread. Raises
     :class:`~fedswarm.config.ConfigError` when the ledger or the audit log is not available: the
@@ -125,20 +133,21 @@ async def open_trainer(
     ``trainer_cls`` is the class to build (a test double from ``fedswarm.testing``, say).
     """
     from fedswarm.ledger.audit_factory import make_audit_log
-    from fedswarm.ledger.factory import make_ledger
+    from fedswarm.ledger.factory import make_escrow, make_ledger
 
     identity = node.identity
     options = TrainerOptions.from_opts(opts, node, settings)
     if fund_wallet is not None:
         await trio.to_thread.run_sync(fund_wallet, identity.address)
     ledger = await trio.to_thread.run_sync(make_ledger, settings, identity)
-    chain_id = await trio.to_thread.run_sync(ledger.get_chain_id)
+    escrow = await trio.to_thread.run_sync(make_escrow, settings, identity)
+    chain_id = await trio.to_thread.run_sync(escrow.get_chain_id)
     audit = make_audit_log(settings, identity)
     workdir = Path(home) / "work"
     device = "auto" if opts.get("allow_gpu", True) else "cpu"
     worker = TrainingWorker(workdir, device=device)
     db = TrainerDB(Path(home) / "trainer.db")
-    trainer = trainer_cls(node, identity, ledger, audit, worker, db, workdir, options, chain_id)
+    trainer = trainer_cls(node, identity, ledger, audit, worker, db, workdir, options, chain_id, escrow)
     log.info("%s %s (wallet %s) asks %d wei per unit", "trainer" if trainer_cls is Trainer else trainer_cls.__name__,
              node.peer_id, identity.address, options.price_wei)
     return trainer

@@ -1,18 +1,22 @@
-"""One unit of work, from the client's WorkUnit RPC to the UnitDone it gets back.
+"""One unit of work, from the client's WorkUnit RPC to an update ready to hand over.
 
 State machine (states in :class:`~.records.UnitState`, each persisted before the step that
 depends on it, so a SIGKILLed trainer resumes cleanly)::
 
-    WorkUnit RPC ─► ACCEPTED ─► WORKING (download, decrypt, train) ─► UPLOADING (update encrypted,
-    hash stored) ─► COMMITTED (upload + commitUnit) ─► DELIVERED (client acked UnitDone)
+    WorkUnit RPC (checked: the operator's assignment; before a job's first unit, its terms on
+    chain) ─► ACCEPTED ─► WORKING (download, decrypt, train) ─► UPLOADING (update encrypted
+    under a fresh key; hash, size and key stored) ─► the fair exchange of :mod:`.delivery`
                   └─► FAILED (UnitFailed sent)       restart past the deadline ─► ABANDONED
 
-:meth:`UnitFlow.make_update` is the one step that decides what the trainer hands in (the
-trained weights); fault-injecting test doubles override it (see ``fedswarm.testing``).
+A unit that fails the checks is declined (a one-line ``Rejected`` answer and a ``declined``
+audit entry) before any work. :meth:`UnitFlow.make_update` is the one step that decides what
+the trainer hands in (the trained weights); fault-injecting test doubles override it (see
+``fedswarm.testing``).
 """
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -21,23 +25,28 @@ from pathlib import Path
 import trio
 from nacl.public import PrivateKey
 
-from fedswarm.crypto import encrypt_to_box, sha256_bytes
+from fedswarm.crypto import sha256_bytes
 from fedswarm.learning.worker import TrainTask
-from fedswarm.ledger.contract import UnitStatus
-from fedswarm.ledger.evm import job_id_from
 from fedswarm.p2p.node import Rejected, RpcError
-from fedswarm.protocol.job import Ack, UnitAccepted, UnitDone, UnitFailed, WorkUnit
+from fedswarm.protocol.job import Ack, UnitAccepted, UnitFailed, WorkUnit
 from fedswarm.protocol.messages import WireModel
+from fedswarm.roles.trainer.checks import assignment_refusal, chain_refusal
 from fedswarm.roles.trainer.core import (
     MIN_UNIT_SECONDS,
     PERMANENT_RPC_CODES,
     Key,
-    TrainerCore,
     UnitError,
     log,
     one_line,
 )
-from fedswarm.roles.trainer.records import ACTIVE_STATES, UnitRecord, UnitState
+from fedswarm.roles.trainer.delivery import KEY_GRACE_S, Delivery
+from fedswarm.roles.trainer.records import (
+    ACTIVE_STATES,
+    DELIVERING_STATES,
+    JobRecord,
+    UnitRecord,
+    UnitState,
+)
 from fedswarm.storage import sealed
 from fedswarm.storage.sealed import JobObjects, SealedError
 
@@ -62,8 +71,8 @@ class TrainedUpdate:
     batches: int
 
 
-class UnitFlow(TrainerCore):
-    """Accept, resume and drive units of work: download, train, upload, commit, report."""
+class UnitFlow(Delivery):
+    """Accept, resume and drive units of work: checks, download, train, encrypt, hand over."""
 
     async def _on_work_unit(self, peer: str, wu: WorkUnit, blob: bytes | None) -> tuple[WireModel, bytes | None]:
         job = self.db.job(wu.job_id)
@@ -74,13 +83,22 @@ class UnitFlow(TrainerCore):
             raise Rejected(f"only the client of job {wu.job_id} may assign its units", code="forbidden")
         if job.state == "finished":
             raise Rejected(f"job {wu.job_id} is finished")
+        if job.stopped:
+            self.stats.bump("units_declined")
+            raise Rejected(f"this trainer stopped working for job {wu.job_id}: {job.stopped}"[:500])
         if wu.deadline <= time.time() + MIN_UNIT_SECONDS:
             raise Rejected(f"deadline of unit {wu.round}/{wu.unit} is too close or passed")
+        reason = assignment_refusal(job, wu, self.identity.address, self.chain_id)
+        if reason:
+            self._decline(job, wu, reason)
         key = (wu.job_id, wu.round, wu.unit)
         if key in self._running:
             # The same order again from the same client: an RPC retry after a slow answer.
             # Answer the same way (idempotent) and keep the one unit we are working on.
             return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
+        reason = await self._chain_refusal(job, wu)
+        if reason:
+            self._decline(job, wu, reason)
         if not self.db.add_unit(*key, wu.model_dump(mode="json"), wu.deadline):
             raise Rejected(f"unit {wu.round}/{wu.unit} of job {wu.job_id} is already held", code="busy")
         self.stats.bump("units_accepted")
@@ -89,31 +107,66 @@ class UnitFlow(TrainerCore):
         self.node.nursery.start_soon(self._run_unit, wu)
         return UnitAccepted(job_id=wu.job_id, round=wu.round, unit=wu.unit), None
 
+    def _decline(self, job: JobRecord, wu: WorkUnit, reason: str) -> None:
+        """Refuse ``wu`` before any work: recorded on the job, audited, answered in one line."""
+        self.db.set_job(job.job_id, declined=reason[:500])
+        self._audit(job.audit_topic, job.job_id, "declined", wu.round, wu.unit, reason=reason[:300])
+        self.stats.bump("units_declined")
+        log.info("declined unit %s/%s of job %s: %s", wu.round, wu.unit, job.job_id, reason)
+        raise Rejected(reason[:500])
+
+    async def _chain_refusal(self, job: JobRecord, wu: WorkUnit) -> str | None:
+        """None if the chain lets us work on ``wu``: the job's terms are checked before its first
+        unit (then cached), and every unit must fit in the units we are registered for (the
+        receipts we hold plus the units in hand; the registration is re-read when they reach it)."""
+        assert job.contract is not None and wu.job_key is not None
+        held = len(self.db.receipts(job.job_id)) + len(
+            self.db.units(states=(*ACTIVE_STATES, *DELIVERING_STATES), job_id=job.job_id))
+        units = self._job_checked.get(job.job_id)
+        if units is None or held >= units:
+            escrow = self.escrow_at(job.contract)
+            job_key = bytes.fromhex(wu.job_key)
+            me = self.identity.address
+            try:
+                view, reg = await trio.to_thread.run_sync(
+                    lambda: (escrow.job(job_key), escrow.trainer(job_key, me)))
+            except Exception as exc:  # the chain is unreachable now: not the client's fault
+                raise Rejected(f"cannot read job {job.job_id} on chain now: {one_line(exc)}",
+                               code="unavailable") from None
+            if units is None:
+                reason = chain_refusal(job, view, reg, now=time.time(),
+                                       max_settle_window_s=self.options.max_settle_window_s)
+                if reason:
+                    return reason
+                self.db.set_job(job.job_id, job_key=wu.job_key)
+            units = self._job_checked[job.job_id] = reg.units
+        if held >= units:
+            return f"budget used: {held} units held of the {units} we are registered for"
+        return None
+
     def _resume(self) -> None:
-        """After a restart: finish units whose deadline is ahead, abandon the others."""
+        """After a restart: finish units whose deadline is ahead, abandon the others (a unit
+        with a receipt still hands its key over)."""
         now = time.time()
-        for rec in self.db.units(states=(*ACTIVE_STATES, UnitState.COMMITTED)):
+        for rec in self.db.units(states=(*ACTIVE_STATES, *DELIVERING_STATES)):
             wu = WorkUnit.model_validate(rec.work)
             self._audit(wu.audit_topic, wu.job_id, "restarted", wu.round, wu.unit, was=rec.state.value)
-            if rec.deadline <= now:
-                if rec.state != UnitState.COMMITTED:  # committed ones stay: the claim loop sees them
-                    self.db.set_unit(rec.key, UnitState.ABANDONED, reason="deadline passed while the trainer was down")
+            late = now >= rec.deadline + (KEY_GRACE_S if rec.state == UnitState.RECEIPTED else 0)
+            if late:
+                if rec.state != UnitState.RECEIPTED:  # a receipt still pays: the claim loop has it
+                    self.db.set_unit(rec.key, UnitState.ABANDONED, reason="deadline passed while the trainer was down",
+                                     update_key=None)
                     self._audit(wu.audit_topic, wu.job_id, "abandoned", wu.round, wu.unit)
-                    self._cleanup(rec.key)
+                self._cleanup(rec.key)
                 continue
             log.info("resuming unit %s/%s of job %s from %s", wu.round, wu.unit, wu.job_id, rec.state.value)
             self._running.add(rec.key)
             self._want_worker()
             self.node.nursery.start_soon(self._run_unit, wu)
 
-    def _unit_dir(self, key: Key) -> Path:
-        return self.workdir / "units" / f"{key[0]}-r{key[1]}-u{key[2]}"
-
-    def _cleanup(self, key: Key) -> None:
-        shutil.rmtree(self._unit_dir(key), ignore_errors=True)
-
     async def _run_unit(self, wu: WorkUnit) -> None:
-        """Drive one unit from its persisted state to DELIVERED or FAILED. Never raises."""
+        """Drive one unit from its persisted state to DELIVERED (or REFUSED, UNRECEIPTED,
+        FAILED). Never raises."""
         key: Key = (wu.job_id, wu.round, wu.unit)
         t0 = time.monotonic()
         try:
@@ -122,14 +175,17 @@ class UnitFlow(TrainerCore):
                 await self._produce_update(wu)
                 rec = self._rec(key)
             if rec.state == UnitState.UPLOADING:
-                await self._upload_and_commit(wu, rec)
+                await self._upload(wu, rec)
                 rec = self._rec(key)
-            if rec.state == UnitState.COMMITTED:
+            if rec.state == UnitState.UPLOADED:
                 await self._deliver(wu, rec, time.monotonic() - t0)
+                rec = self._rec(key)
+            if rec.state == UnitState.RECEIPTED:
+                await self._send_key(wu, rec)
         except Exception as exc:
             reason = one_line(exc)
             log.warning("unit %s/%s of job %s failed: %s", wu.round, wu.unit, wu.job_id, reason)
-            self.db.set_unit(key, UnitState.FAILED, reason=reason)
+            self.db.set_unit(key, UnitState.FAILED, reason=reason, update_key=None)
             self._audit(wu.audit_topic, wu.job_id, "error", wu.round, wu.unit, reason=reason)
             self.stats.bump("units_failed")
             self._cleanup(key)
@@ -153,7 +209,7 @@ class UnitFlow(TrainerCore):
         total = wu.deadline - time.time()
         if total < MIN_UNIT_SECONDS:
             raise UnitError("deadline too close to start the unit")
-        # Reserve time for encrypt + upload + commit + notify after training.
+        # Reserve time for encrypt + upload + the exchange with the client after training.
         reserve = max(2.0, min(30.0, 0.15 * total))
 
         self._audit(wu.audit_topic, wu.job_id, "downloading", wu.round, wu.unit,
@@ -170,10 +226,11 @@ class UnitFlow(TrainerCore):
         trained = await self.make_update(wu, inputs, wu.deadline - time.time() - reserve)
         train_s = time.monotonic() - t_train
 
-        # Sealed to the client under the label its opener expects (the update's object name).
-        label = JobObjects(wu.job_id).update(wu.round, wu.unit).label
-        encrypted = await trio.to_thread.run_sync(encrypt_to_box, trained.data, wu.client_box_public,
-                                                  wu.job_id, label)
+        # Under a fresh random key, bound to the update's object name: the client can check the
+        # object but not read it until it gave us a receipt and we sent it this key.
+        fresh = os.urandom(32)
+        obj = JobObjects(wu.job_id).update(wu.round, wu.unit)
+        encrypted = await trio.to_thread.run_sync(lambda: sealed.seal_bytes(obj, trained.data, key=fresh))
         if len(encrypted) > wu.put_max_bytes:
             raise UnitError(f"encrypted update is {len(encrypted)} bytes, over the {wu.put_max_bytes}-byte upload cap")
         digest = sha256_bytes(encrypted)
@@ -182,7 +239,7 @@ class UnitFlow(TrainerCore):
             p.unlink(missing_ok=True)
         (udir / "update.enc").write_bytes(encrypted)
         self.db.set_unit(key, UnitState.UPLOADING, update_sha256=digest, update_size=len(encrypted),
-                         num_samples=trained.num_samples, train_loss=trained.train_loss,
+                         update_key=fresh.hex(), num_samples=trained.num_samples, train_loss=trained.train_loss,
                          seconds=round(train_s, 3))
         log.info("unit %s/%s of job %s trained: %d samples, %d batches, loss %s in %.2f s",
                  wu.round, wu.unit, wu.job_id, trained.num_samples, trained.batches, trained.train_loss, train_s)
@@ -253,76 +310,6 @@ class UnitFlow(TrainerCore):
         finally:
             path.unlink(missing_ok=True)
         return TrainedUpdate(update, result.num_samples, result.train_loss, result.batches)
-
-    async def _upload_and_commit(self, wu: WorkUnit, rec: UnitRecord) -> None:
-        from fedswarm.storage.download import upload_file
-
-        key = rec.key
-        enc_path = self._unit_dir(key) / "update.enc"
-        if rec.update_sha256 is None:
-            raise UnitError("no update hash stored for this unit")
-        chain_job = job_id_from(wu.job_id)
-        onchain = await trio.to_thread.run_sync(self.ledger.unit, chain_job, wu.round, wu.unit)
-        if onchain.status != UnitStatus.NONE:
-            # A commit that landed just before a crash: it is ours if the hash is ours.
-            if onchain.trainer.lower() == self.identity.address.lower() and onchain.update_hash.hex() == rec.update_sha256:
-                self.db.set_unit(key, UnitState.COMMITTED)
-                return
-            raise UnitError(f"unit {wu.round}/{wu.unit} is already committed on chain by {onchain.trainer}")
-        if not enc_path.exists():
-            raise UnitError("the encrypted update was lost before upload")
-        remaining = wu.deadline - time.time()
-        if remaining <= 0:
-            raise UnitError("unit deadline passed before the upload")
-        await trio.to_thread.run_sync(
-            lambda: upload_file(wu.put_url, enc_path, content_type="application/octet-stream",
-                                deadline_s=max(1.0, remaining * 0.7),
-                                allow_private=self.options.allow_private_urls))
-        self._audit(wu.audit_topic, wu.job_id, "uploaded", wu.round, wu.unit, bytes=rec.update_size)
-        receipt = await trio.to_thread.run_sync(
-            self.ledger.commit_unit, chain_job, wu.round, wu.unit, bytes.fromhex(rec.update_sha256),
-            limiter=self._chain_limiter)
-        self.db.set_unit(key, UnitState.COMMITTED, commit_tx=receipt.tx_hash)
-        self._audit(wu.audit_topic, wu.job_id, "committed", wu.round, wu.unit,
-                    sha256=rec.update_sha256, tx=receipt.tx_hash)
-        self.stats.bump("units_committed")
-
-    async def _deliver(self, wu: WorkUnit, rec: UnitRecord, seconds: float) -> None:
-        """Tell the client (UnitDone), retrying until the deadline: it may be restarting and
-        come back on another address, which the directory learns from its heartbeats."""
-        job = self.db.job(wu.job_id)
-        assert job is not None and rec.update_sha256 is not None and rec.update_size is not None
-        done = UnitDone(job_id=wu.job_id, round=wu.round, unit=wu.unit, update_sha256=rec.update_sha256,
-                        update_size=rec.update_size, num_samples=rec.num_samples or 0,
-                        train_loss=rec.train_loss, seconds=max(0.0, rec.seconds or seconds),
-                        commit_tx=(rec.commit_tx or "")[:80])
-        delay = 0.5
-        while True:
-            remaining = wu.deadline - time.time()
-            try:
-                await self.node.request(job.client_peer_id, done, timeout=max(1.0, min(10.0, remaining)),
-                                        expect=(Ack,))
-            except RpcError as exc:
-                if exc.code in PERMANENT_RPC_CODES:
-                    # Committed on chain all the same: the claim loop follows the settlement.
-                    self._audit(wu.audit_topic, wu.job_id, "error", wu.round, wu.unit,
-                                reason=f"client refused UnitDone: {exc}"[:300])
-                    log.warning("client refused UnitDone for %s/%s: %s", wu.round, wu.unit, exc)
-                    self._cleanup(rec.key)
-                    return
-                if time.time() + delay >= wu.deadline:
-                    log.warning("client never acknowledged unit %s/%s of job %s: %s", wu.round,
-                                wu.unit, wu.job_id, exc)
-                    self._cleanup(rec.key)
-                    return
-                await trio.sleep(delay)
-                delay = min(delay * 2, 5.0)
-                continue
-            self.db.set_unit(rec.key, UnitState.DELIVERED)
-            self._audit(wu.audit_topic, wu.job_id, "delivered", wu.round, wu.unit)
-            self.stats.bump("units_delivered")
-            self._cleanup(rec.key)
-            return
 
     async def _send_failed(self, wu: WorkUnit, reason: str) -> None:
         job = self.db.job(wu.job_id)
