@@ -24,12 +24,12 @@ from collections import defaultdict
 
 from _escrow_v2_chain import PRICE, Reverted, V2Chain
 from eth_utils import keccak
-from hypothesis import HealthCheck, settings
+from hypothesis import HealthCheck, event, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from fedswarm.ledger.escrow_types import JobStatusV2, JobTerms, TrainerTerms, UnitStatusV2, Verdict
-from fedswarm.ledger.receipts import Receipt
+from fedswarm.ledger.receipts import Receipt, malleable_twin
 
 _CHAIN: V2Chain | None = None
 _TWIN = None  # a second deployment, for cross-contract replays
@@ -65,6 +65,7 @@ class EscrowV2Machine(RuleBasedStateMachine):
         self.nonce = 0
         self.receipts: list[tuple[Receipt, bytes]] = []  # issued by the job's operator
         self.issued: set[tuple] = set()
+        self.fresh_unit = 10  # units above the small ones the other rules use
         self.credited: dict[str, int] = defaultdict(int)
         self.withdrawn: dict[str, int] = defaultdict(int)
         self.paid: dict[tuple[bytes, str], int] = defaultdict(int)
@@ -156,54 +157,66 @@ class EscrowV2Machine(RuleBasedStateMachine):
         self.receipts.append((r, self.c.sign(r, job.operator)))
         self.issued.add((key, rnd, unit, r.trainer, r.update_hash, r.issued_at))
 
+    def _wait_until_claimable(self, r: Receipt) -> None:
+        job = self.c.job(r.job_key)
+        if job.status != JobStatusV2.NONE and r.issued_at + job.settle_window > self.c.now() + 1:
+            self.c.tester.time_travel(r.issued_at + job.settle_window)
+
+    def _due(self, r: Receipt) -> bool:
+        """Would a correctly signed claim of ``r`` pay in the next block?"""
+        job = self.c.job(r.job_key)
+        reg = self.c.fn().trainer(r.job_key, r.trainer).call()
+        unit = self.c.fn().unitState(r.job_key, r.round, r.unit).call()
+        now = self.c.now() + 1  # the block the claim is mined in
+        return (job.status not in (JobStatusV2.NONE, JobStatusV2.RELEASED) and r.issued_at <= job.close_at
+                and r.issued_at + job.settle_window <= now <= job.release_at
+                and reg[3] and unit[1] == UnitStatusV2.NONE and reg[2] < reg[1])
+
     @precondition(lambda self: self.receipts)
     @rule(i=idx, wait=st.booleans())
     def claim(self, i, wait) -> None:
         r, sig = self.receipts[i % len(self.receipts)]
         if wait:  # go to the first second the receipt is claimable, if that is ahead
-            job = self.c.job(r.job_key)
-            if r.issued_at + job.settle_window > self.c.now() + 1:
-                self.c.tester.time_travel(r.issued_at + job.settle_window)
-        job = self.c.job(r.job_key)
-        reg = self.c.fn().trainer(r.job_key, r.trainer).call()
-        unit = self.c.fn().unitState(r.job_key, r.round, r.unit).call()
-        now = self.c.now() + 1  # the block the claim is mined in
-        due = (job.status != JobStatusV2.RELEASED and r.issued_at <= job.close_at
-               and r.issued_at + job.settle_window <= now <= job.release_at
-               and reg[3] and unit[1] == UnitStatusV2.NONE and reg[2] < reg[1])
+            self._wait_until_claimable(r)
+        due = self._due(r)
+        event(f"issued receipt claimed while due: {due}")
         ok = self._do(self.c.fn().claim(r.job_key, r.as_tuple(), sig), r.trainer)
         assert ok == due, f"claim {'failed' if due else 'paid'} unexpectedly: {r}"
 
-    @precondition(lambda self: self.receipts)
-    @rule(i=idx, how=st.sampled_from(["self-signed", "other-job", "other-trainer", "other-chain",
-                                      "other-contract", "high-s"]), j=idx, who=small)
-    def replay(self, i, how, j, who) -> None:
-        r, sig = self.receipts[i % len(self.receipts)]
+    @precondition(lambda self: self.jobs)
+    @rule(j=idx, who=st.integers(0, 5), how=st.sampled_from(["self-signed", "other-job", "other-trainer",
+                                                              "other-chain", "other-contract", "high-s"]),
+          k=idx, thief=small)
+    def replay(self, j, who, how, k, thief) -> None:
+        """Forged and replayed variants of a fresh receipt, tried once it is claimable: they
+        never pay; then the genuine receipt is claimed (and must pay if due)."""
+        self.fresh_unit += 1
+        self._issue(j, who, 0, self.fresh_unit, 0)
+        r, sig = self.receipts[-1]
         op = self.c.job(r.job_key).operator
-        fn, key = self.c.fn(), r.job_key
-        if how == "self-signed":
-            call, sender = fn.claim(key, r.as_tuple(), self.c.sign(r, r.trainer)), r.trainer
+        fake, fsig = r, sig
+        if how == "self-signed":  # a unit the operator never acknowledged
+            fake = Receipt(r.job_key, r.round, r.unit + 3, r.trainer, r.update_hash, r.issued_at)
+            fsig = self.c.sign(fake, r.trainer)
         elif how == "other-job":
-            other = self._job(j)
-            moved = Receipt(other, r.round, r.unit, r.trainer, r.update_hash, r.issued_at)
-            if other == key or self.c.job(other).operator != op:
+            fake = Receipt(self._job(k), r.round, r.unit, r.trainer, r.update_hash, r.issued_at)
+            if fake.job_key == r.job_key or self.c.job(fake.job_key).operator != op:
                 return
-            call, sender = fn.claim(other, moved.as_tuple(), sig), r.trainer
         elif how == "other-trainer":
-            thief = self.trainers[who]
-            if thief == r.trainer:
+            fake = Receipt(r.job_key, r.round, r.unit, self._trainer_of(r.job_key, thief), r.update_hash, r.issued_at)
+            if fake.trainer == r.trainer:
                 return
-            stolen = Receipt(key, r.round, r.unit, thief, r.update_hash, r.issued_at)
-            call, sender = fn.claim(key, stolen.as_tuple(), sig), thief
         elif how == "other-chain":
-            call, sender = fn.claim(key, r.as_tuple(), self.c.sign(r, op, self.c.domain(chain_id=296))), r.trainer
+            fsig = self.c.sign(r, op, self.c.domain(chain_id=296))
         elif how == "other-contract":
-            call, sender = fn.claim(key, r.as_tuple(), self.c.sign(r, op, self.c.domain(contract=self.twin.address))), r.trainer
+            fsig = self.c.sign(r, op, self.c.domain(contract=self.twin.address))
         else:
-            from fedswarm.ledger.receipts import malleable_twin
-
-            call, sender = fn.claim(key, r.as_tuple(), malleable_twin(sig)), r.trainer
-        assert not self._do(call, sender), f"a {how} receipt paid"
+            fsig = malleable_twin(sig)
+        self._wait_until_claimable(fake)
+        due = self._due(fake)
+        event(f"forged receipt ({how}) tried while due: {due}")
+        assert not self._do(self.c.fn().claim(fake.job_key, fake.as_tuple(), fsig), fake.trainer), f"a {how} receipt paid"
+        self.claim(len(self.receipts) - 1, True)
 
     @precondition(lambda self: self.jobs)
     @rule(j=idx, picks=st.lists(st.tuples(small, small, st.integers(0, 5), st.booleans()), min_size=1, max_size=4),
