@@ -40,16 +40,22 @@ def test_bench_p2p_quick(tmp_path: Path) -> None:
     assert list(tmp_path.iterdir()) == []  # scratch removed
 
 
-@pytest.mark.timeout(900)
+@pytest.mark.timeout(1800)
 def test_bench_job_quick(tmp_path: Path) -> None:
-    out = _bench("job", tmp_path, 850)
+    out = _bench("job", tmp_path, 1700)
     assert out["trainers"] == 4 and out["nproc"] >= 1 and len(out["loadavg"]) == 3
-    cells = {(c["model"], c["mode"]): c for c in out["cells"]}
+    assert out["block_times"] == [0.0, 2.0]
+    cells = {(c["model"], c["mode"], c["block_time"]): c for c in out["cells"]}
     # A fresh network: no trainer warms its worker before a bid is taken, so the first job is cold.
     assert out["cells"][0]["start"] == "cold" and out["cells"][0]["warm_workers"] == 0
     assert all(c["start"] in ("cold", "warm", "mixed") for c in out["cells"])
-    assert set(cells) == {("mlp85k", "noop"), ("mlp85k", "train")}
+    assert set(cells) == {("mlp85k", mode, bt) for mode in ("noop", "train") for bt in (0.0, 2.0)}
     for c in cells.values():
+        # the chain: one funding, batches, one completion, one release; never a tx per unit
+        tx = c["transactions"]
+        assert tx["fund"] == 1 and tx["complete"] == 1 and tx["release"] == 1, tx
+        assert 1 <= tx["settle"] <= c["rounds"] < c["units_total"], tx
+        assert c["released"] and c["balanced"], c
         assert c["num_params"] == 85_002 and c["rounds"] == out["rounds"]
         rw, ov = c["round_wall_s"], c["overhead_s"]
         assert 0 < rw["min"] <= rw["median"] <= rw["max"] < 600
@@ -64,7 +70,11 @@ def test_bench_job_quick(tmp_path: Path) -> None:
         for r in c["per_round"]:  # overhead is defined against the trainer-reported compute
             assert abs(r["overhead_s"] - (r["wall_s"] - r["slowest_trainer_s"])) < 1e-6
     # The train cell really trained (noop keeps the initial weights: chance level, ~0.1).
-    train_acc, noop_acc = cells[("mlp85k", "train")]["final_accuracy"], cells[("mlp85k", "noop")]["final_accuracy"]
+    train_acc, noop_acc = (cells[("mlp85k", "train", 2.0)]["final_accuracy"],
+                           cells[("mlp85k", "noop", 2.0)]["final_accuracy"])
     assert train_acc is not None and noop_acc is not None and train_acc > noop_acc + 0.05
-    assert isinstance(out["goals"]["noop_overhead<1s"], bool)
+    g = out["goals"]
+    assert isinstance(g["noop_overhead<1s"], bool) and isinstance(g["noop_round_ok"], bool)
+    assert set(g["block_time_ratio"]) == {"mlp85k noop", "mlp85k train"}
+    assert all(r > 0 for r in g["block_time_ratio"].values()) and g["no_tx_per_unit"] is True
     assert list(tmp_path.iterdir()) == []

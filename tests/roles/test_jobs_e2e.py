@@ -15,13 +15,27 @@ pytestmark = pytest.mark.slow
 
 
 def _assert_money_adds_up(report: dict) -> None:
+    """The escrow v2 books, read from the chain: released, and deposited = paid + refunded to
+    the wei; each trainer paid its registered price per unit settled or claimed, and withdrew it."""
     esc = report["escrow"]
-    assert esc["deposited_wei"] == esc["paid_wei"] + esc["refunded_wei"] > 0
+    assert esc["released"] and esc["held_wei"] == 0, esc
+    assert esc["deposited_wei"] == esc["paid_wei"] + esc["refunded_wei"] > 0, esc
+    assert esc["balanced"] and esc["released_refund_wei"] is not None, esc
     for t in report["trainers"]:
-        # every trainer's on-chain credit equals its accepted units x its registered price
-        assert t["paid_wei"] == t["units_accepted"] * t["price_wei"], t
+        assert t["paid_wei"] == (t["units_accepted"] + t["units_claimed"]) * t["price_wei"], t
         assert t["withdrawn_wei"] == t["paid_wei"], t  # pulled its pay after the job
     assert sum(t["paid_wei"] for t in report["trainers"]) == esc["paid_wei"]
+
+
+def _assert_no_chain_tx_per_unit(report: dict) -> None:
+    """One funding, settlement in batches, one completion, one release (+ withdrawals)."""
+    ch = report["chain"]
+    tx = ch["transactions"]
+    assert tx["fund"] == 1 and tx["complete"] == 1 and tx["release"] == 1, tx
+    assert tx.get("claim", 0) == 0, tx  # an honest client settles inside the settle window
+    assert 1 <= tx["settle"] <= len(report["rounds"]) < ch["units"], tx
+    assert set(tx) <= {"fund", "add_trainers", "settle", "complete", "release", "withdraw"}, tx
+    assert ch["gas"]["total"] > 0 and ch["claim_window_s"] == 10 and ch["settle_window_s"] == 30, ch
 
 
 def _assert_trail_and_result(report: dict) -> None:
@@ -34,11 +48,15 @@ def _assert_trail_and_result(report: dict) -> None:
 
 
 def test_breast_cancer_three_trainers(tmp_path):
+    # The default devnet: a block every 2 s, like Hedera.
     report = run_demo(trainers=3, rounds=5, dataset="breast_cancer", workdir=tmp_path, quiet=True)
     assert report["ok"], report.get("error")
     assert report["final"]["val_accuracy"] >= 0.95
     assert len(report["rounds"]) == 5 and all(r["accepted"] >= 3 for r in report["rounds"])
     _assert_money_adds_up(report)
+    assert report["escrow"]["released_by"] == "operator", report["escrow"]  # the client's settler
+    assert report["chain"]["block_time"] == 2.0
+    _assert_no_chain_tx_per_unit(report)
     _assert_trail_and_result(report)
 
 

@@ -1,7 +1,11 @@
 """`fedswarm bench job`: real jobs on a loopback devnet, timed round by round.
 
 One devnet (store, anvil, audit log), a bootstrap, a client and N trainers run as separate
-processes; jobs are submitted through the client's REST API like a user would. Per cell (model x
+processes; jobs are submitted through the client's REST API like a user would. The same jobs run
+on a devnet mining a block per transaction and on one mining every 2 s like Hedera: settlement is
+off the round's path, so the steady round wall should barely change (goal: ratio <= 1.25). Each
+job's chain transactions are counted by kind from the escrow's events (goal: one funding,
+settlement batches, one completion, one release, withdrawals; none per unit). Per cell (model x
 mode) the bench reports the steady-state round wall time (rounds >= 1), the framework overhead
 (round wall minus the slowest trainer's reported compute, which includes its download), CPU-seconds
 per round by component (psutil over each process tree), idle and peak memory per trainer, and the
@@ -36,7 +40,13 @@ from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
 HEARTBEAT = ["--heartbeat", "1", "--peer-timeout", "10"]
 PRICE = 10**15
 MODELS = {"mlp85k": "mlp_bench.seq.json", "mlp4m": "mlp_bench_wide.seq.json"}
-NOOP_GOAL_S = 1.0  # noop round overhead with 4 trainers (issue 8)
+NOOP_GOAL_S = 1.0  # noop round overhead with 4 trainers
+NOOP_ROUND_GOAL_S = 0.5  # noop steady round wall with 4 trainers at 2 s blocks
+BLOCK_TIME_RATIO_GOAL = 1.25  # steady round wall at 2 s blocks / at a block per transaction
+BLOCK_TIMES = (0.0, 2.0)
+# Short windows so each job's escrow is released (and its release counted) within the run.
+SETTLE_WINDOW_S = 20
+CLAIM_WINDOW_S = 10
 POLL_S = 0.25
 
 
@@ -184,6 +194,7 @@ class JobNetwork:
     root: Path
     trainers: int = 4
     trainer_args: list[str] = field(default_factory=list)  # extra `fedswarm node trainer` flags
+    block_time: float = 2.0  # the devnet's seconds per block (0: a block per transaction)
     # Trainers started at once. Dozens of Python processes (and their torch workers) starting
     # together on a 2-core machine starve every handshake: larger networks start in batches.
     batch: int = 8
@@ -200,7 +211,7 @@ class JobNetwork:
 
         t0 = time.monotonic()
         try:
-            self.devnet = Devnet.start(self.root / "devnet")
+            self.devnet = Devnet.start(self.root / "devnet", block_time=self.block_time)
             dn = ["--devnet-home", str(self.root / "devnet")]
             self.bootstrap = start_node("bootstrap", self.root / "bootstrap", extra_args=HEARTBEAT)
             specs: list[tuple[str, Path, dict[str, Any]]] = []
@@ -307,7 +318,8 @@ def _run_cell(net: JobNetwork, data: Path, model: str, mode: str, rounds: int, r
     spec = examples_dir() / MODELS[model]
     terms = {"rounds": rounds, "trainers": net.trainers, "standby": 0, "label": "y", "local_epochs": 1,
              "batch_size": 64, "lr": 0.05, "mode": mode, "reexec_fraction": reexec, "round_deadline_s": 600.0,
-             "bid_window_s": 10.0, "price_cap_wei": 10**16}
+             "bid_window_s": 10.0, "price_cap_wei": 10**16, "settle_window_s": SETTLE_WINDOW_S,
+             "claim_window_s": CLAIM_WINDOW_S}
     trainer_pids = [t.popen.pid for t in net.trainer_nodes]
     warm = warm_workers(trainer_pids)
     idle_rss = [tree_memory(p) for p in trainer_pids]
@@ -351,6 +363,8 @@ def _run_cell(net: JobNetwork, data: Path, model: str, mode: str, rounds: int, r
     if out["time_to_first_round_s"] is None and t_first is not None:
         out["time_to_first_round_s"] = t_first - t_submit
     out["bid_window_s"] = terms["bid_window_s"]
+    out["block_time"] = net.block_time
+    out["job_key"] = (job.get("escrow") or {}).get("job_key")
     # Cold: no trainer had a warm worker when the job came (a torch import is in the first round).
     out["warm_workers"] = warm
     out["start"] = "warm" if warm == len(trainer_pids) else "cold" if warm == 0 else "mixed"
@@ -423,32 +437,50 @@ def default_cells(quick: bool) -> list[tuple[str, str, float]]:
 
 
 def run(workdir: Path | None = None, quick: bool = False, trainers: int = 4) -> dict[str, Any]:
-    """Start a network, run every cell once, stop everything; returns one JSON-ready dict."""
+    """Run the cells on a devnet at each of BLOCK_TIMES (every cell at 2 s, the comparison
+    cells at 0 too), count each job's chain transactions, stop everything; one JSON-ready dict."""
     import os
+
+    from fedswarm.bench.job_chain import block_time_goals, count_transactions
 
     work = Path(tempfile.mkdtemp(prefix="fedswarm-bench-job-", dir=workdir))
     per_trainer = 1_000 if quick else 5_000
     rounds = 3 if quick else 5
-    net = JobNetwork(work, trainers)
-    try:
-        # Held-out validation takes 20%: size the file so each trainer gets `per_trainer` rows.
-        data = write_dataset(work / "synthetic.csv", int(per_trainer * trainers / 0.8))
-        net.start()
-        cells = [run_cell(net, data, m, mode, rounds, rx) for m, mode, rx in default_cells(quick)]
-    except BaseException:
+    # Held-out validation takes 20%: size the file so each trainer gets `per_trainer` rows.
+    data = write_dataset(work / "synthetic.csv", int(per_trainer * trainers / 0.8))
+    cells: list[dict[str, Any]] = []
+    started: dict[str, float] = {}
+    for bt in BLOCK_TIMES:
+        net = JobNetwork(work / f"block{bt:g}", trainers, block_time=bt)
+        todo = default_cells(quick) if bt == max(BLOCK_TIMES) else comparison_cells()
+        try:
+            net.start()
+            done = [run_cell(net, data, m, mode, rounds, rx) for m, mode, rx in todo]
+            count_transactions(net, done)
+        except BaseException:
+            net.stop()
+            print(f"fedswarm bench job: node logs kept under {work}", file=sys.stderr)
+            raise
         net.stop()
-        print(f"fedswarm bench job: node logs kept under {work}", file=sys.stderr)
-        raise
-    net.stop()
+        started[f"{bt:g}"] = net.started_s
+        cells += done
     shutil.rmtree(work, ignore_errors=True)
-    noop = [c for c in cells if c["mode"] == "noop" and c["model"] == "mlp85k"]
+    slow = [c for c in cells if c["block_time"] == max(BLOCK_TIMES)]
+    noop = [c for c in slow if c["mode"] == "noop" and c["model"] == "mlp85k"]
     over = noop[0]["overhead_s"]["median"] if noop else None
     return {
         "quick": quick, "trainers": trainers, "samples_per_trainer": per_trainer, "rounds": rounds,
-        "nproc": os.cpu_count(), "loadavg": list(os.getloadavg()), "network_start_s": net.started_s,
+        "nproc": os.cpu_count(), "loadavg": list(os.getloadavg()), "network_start_s": started,
+        "block_times": list(BLOCK_TIMES), "settle_window_s": SETTLE_WINDOW_S, "claim_window_s": CLAIM_WINDOW_S,
         "cells": cells,
-        "goals": {"noop_overhead_s": over, "noop_overhead<1s": over is not None and over < NOOP_GOAL_S},
+        "goals": {"noop_overhead_s": over, "noop_overhead<1s": over is not None and over < NOOP_GOAL_S,
+                  **block_time_goals(cells, BLOCK_TIMES, BLOCK_TIME_RATIO_GOAL, NOOP_ROUND_GOAL_S)},
     }
+
+
+def comparison_cells() -> list[tuple[str, str, float]]:
+    """The cells run at every block time (the steady round wall is compared across them)."""
+    return [("mlp85k", "noop", 0.0), ("mlp85k", "train", 0.0)]
 
 
 def cell_row(c: dict[str, Any]) -> list[str]:
@@ -457,7 +489,8 @@ def cell_row(c: dict[str, Any]) -> list[str]:
         return "-" if v is None else f"{v:.{d}f}"
     rw, ov = c["round_wall_s"], c["overhead_s"]
     cpu = c["cpu_s_per_round"]
-    return [f"{c['model']} {c['mode']}" + (f" reexec {c['reexec_fraction']}" if c["reexec_fraction"] else ""),
+    return [f"{c['model']} {c['mode']}" + (f" reexec {c['reexec_fraction']}" if c["reexec_fraction"] else "")
+            + (f" @{c['block_time']:g}s" if "block_time" in c else ""),
             f"{f(rw['median'])} ({f(rw['min'])}–{f(rw['max'])})", f(ov["median"]),
             f(c["utilisation"]), f"{f(c['time_to_first_round_s'], 1)} {c.get('start', '')}".strip(),
             " ".join(f"{k[:5]} {v:.2f}" for k, v in cpu.items()),
@@ -491,6 +524,16 @@ def main(args: argparse.Namespace) -> int:
         table.add_row(*cell_row(c))
     Console().print(table)
     g = result["goals"]
-    Console().print(f"goal noop overhead < {NOOP_GOAL_S} s: {'met' if g['noop_overhead<1s'] else 'NOT met'}"
-                    f" ({g['noop_overhead_s']})")
+    con = Console()
+    con.print(f"goal noop overhead < {NOOP_GOAL_S} s: {'met' if g['noop_overhead<1s'] else 'NOT met'}"
+              f" ({g['noop_overhead_s']})")
+    for name, ratio in g["block_time_ratio"].items():
+        con.print(f"goal {name} steady round at 2 s blocks / at 0 <= {BLOCK_TIME_RATIO_GOAL}: "
+                  f"{'met' if ratio is not None and ratio <= BLOCK_TIME_RATIO_GOAL else 'NOT met'} ({ratio})")
+    con.print(f"goal noop steady round <= {NOOP_ROUND_GOAL_S} s with {result['trainers']} trainers at 2 s blocks: "
+              f"{'met' if g['noop_round_ok'] else 'NOT met'} ({g['noop_round_s']})")
+    for c in result["cells"]:
+        con.print(f"chain transactions, {c['model']} {c['mode']} @{c['block_time']:g}s "
+                  f"({c.get('units_total')} units): {c.get('transactions')}")
+    con.print(f"goal no chain transaction per unit: {'met' if g['no_tx_per_unit'] else 'NOT met'}")
     return 0

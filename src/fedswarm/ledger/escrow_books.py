@@ -63,6 +63,7 @@ class JobBooks:
     view: JobView
     payer: str
     operator: str
+    contract: str = ""
     deposited: int = 0
     paid: int = 0
     refunded: int = 0
@@ -92,7 +93,7 @@ class JobBooks:
         """JSON-ready form (amounts in wei / contract units; times unix seconds)."""
         v = self.view
         return {
-            "job_key": "0x" + self.job_key.hex(), "payer": self.payer, "operator": self.operator,
+            "job_key": "0x" + self.job_key.hex(), "contract": self.contract, "payer": self.payer, "operator": self.operator,
             "status": v.status.name.lower(), "close_at": v.close_at, "release_at": v.release_at,
             "settle_window_s": v.settle_window, "claim_window_s": v.claim_window,
             "deposited_wei": self.deposited, "paid_wei": self.paid, "refunded_wei": self.refunded,
@@ -107,14 +108,16 @@ class JobBooks:
 
 
 def job_books(escrow: EscrowV2, job_key: bytes, events: Sequence[LedgerEvent] | None = None,
-              with_gas: bool = True) -> JobBooks:
+              with_gas: bool = True, withdrawals_until: int | None = None) -> JobBooks:
     """The books of ``job_key`` on ``escrow``'s contract. ``events``: the contract's events if
     already read (else read from its deployment block). ``with_gas`` reads each of the job's
-    transaction receipts for its gas (one RPC per transaction)."""
+    transaction receipts for its gas (one RPC per transaction). Withdrawals by the job's parties
+    count from its funding block up to ``withdrawals_until`` (exclusive; default: no end)."""
     view = escrow.job(job_key)
     evs = list(escrow.read_events() if events is None else events)
     mine = [e for e in evs if _key(e) == job_key]
-    books = JobBooks(job_key=job_key, view=view, payer=view.payer, operator=view.operator)
+    books = JobBooks(job_key=job_key, view=view, payer=view.payer, operator=view.operator,
+                     contract=escrow.contract_address)
     kinds: dict[str, str] = {}  # tx hash -> kind
     for e in mine:
         a = e.args
@@ -149,6 +152,8 @@ def job_books(escrow: EscrowV2, job_key: bytes, events: Sequence[LedgerEvent] | 
     parties = {books.payer.lower(): "payer", **{a.lower(): "trainer" for a in books.trainers}}
     for e in evs:
         if e.name != "Withdrawn" or e.block_number < start:
+            continue
+        if withdrawals_until is not None and e.block_number >= withdrawals_until:
             continue
         who = str(e.args["account"]).lower()
         if who not in parties:
