@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     s3_region: str = Field(default="akave-network", alias="FEDSWARM_S3_REGION")
     s3_bucket: str = Field(default="fedswarm", alias="FEDSWARM_S3_BUCKET")
     s3_create_bucket: bool = Field(default=True, alias="FEDSWARM_S3_CREATE_BUCKET")
+    # How long a client keeps a job's chunks, updates and global weights in the store after the
+    # job's escrow was released (the result stays).
+    retention_s: float = Field(default=0.0, ge=0, alias="FEDSWARM_RETENTION_S")
 
     # Ledger (Hedera / anvil)
     operator_id: str | None = None

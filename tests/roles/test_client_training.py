@@ -6,6 +6,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -102,10 +103,12 @@ def test_fedprox_reexecution_trains_with_the_mu_the_trainer_got(tmp_path: Path, 
                                                                  params: dict, mu: float) -> None:
     job = _job("fedprox", params, local_epochs=2, batch_size=16, lr=0.05)
     identity = load_identity(tmp_path / "client")
-    svc = ClientServices(None, None, tmp_path / "client", identity, store, None, None)  # type: ignore[arg-type]
+    escrow = SimpleNamespace(get_chain_id=lambda: 31337)  # work units name the chain (no call made)
+    svc = ClientServices(None, None, tmp_path / "client", identity, store, None, None, escrow)  # type: ignore[arg-type]
     svc.db.put_secret(job.job_id, bytes(32))
+    job.job_key, job.contract = "ab" * 32, "0x" + "12" * 20
     strategies = JobStrategies(svc.job_dir)
-    rounds = Rounds(svc, _ReviewStub(strategies), settle=None, cancel_requested=lambda _: False)  # type: ignore[arg-type]
+    rounds = Rounds(svc, _ReviewStub(strategies), checked=None, cancel_requested=lambda _: False)  # type: ignore[arg-type]
     trainer = load_identity(tmp_path / "trainer")
     bid = {"peer_id": trainer.peer_id, "address": trainer.address, "price_wei": 1,
            "box_public": trainer.box_public_hex}
@@ -147,7 +150,7 @@ def test_client_db_has_no_fault_terms(tmp_path: Path) -> None:
 
 
 def test_unknown_job_is_a_domain_error(tmp_path: Path) -> None:
-    svc = ClientServices(None, None, tmp_path, load_identity(tmp_path / "id"), None, None, None)  # type: ignore[arg-type]
+    svc = ClientServices(None, None, tmp_path, load_identity(tmp_path / "id"), None, None, None, None)  # type: ignore[arg-type]
     with pytest.raises(JobNotFound, match="no job job-missing"):
         svc.job("job-missing")
     svc.db.put_job(_job("fedavg"))

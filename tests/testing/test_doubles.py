@@ -80,13 +80,14 @@ async def test_never_settle_client_sends_nothing_to_the_chain() -> None:
             raise AssertionError(f"the never-settle client touched the ledger ({name})")
 
     client = object.__new__(NeverSettleClient)
-    client.svc = SimpleNamespace(ledger=NoChain())  # type: ignore[assignment]
-    job: Any = SimpleNamespace(job_id="j1")
+    client.svc = SimpleNamespace(ledger=NoChain(), escrow=NoChain())  # type: ignore[assignment]
+    client.escrow = NoChain()  # type: ignore[assignment]
+    job: Any = SimpleNamespace(job_id="j1", job_key="11" * 32)
 
-    assert await client.settle_round(job, 0) is None
-    assert await client.complete_job(job, b"{}") is None
+    assert await client.submit_verdicts(job, []) is None
+    assert await client.complete_job(job, b"{}", bytes(32)) is None
     # It overrides the role's settlement seam, which the honest client runs on chain.
-    for seam in ("settle_round", "complete_job"):
+    for seam in ("submit_verdicts", "complete_job"):
         assert getattr(NeverSettleClient, seam) is not getattr(ClientRole, seam)
 
 

@@ -28,6 +28,7 @@ from fedswarm.p2p.node import Rejected
 from fedswarm.roles.client import (
     TERMINAL,
     ClientRole,
+    EscrowRecord,
     JobNotFound,
     JobRecord,
     JobTerms,
@@ -80,8 +81,7 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
         t["units_committed"] += u.state in ("delivered", "checked")
         t["units_accepted"] += u.verdict == "accepted"
         t["units_rejected"] += u.verdict == "rejected"
-        settled = any(r.round == u.round and r.state == "settled" and r.settle_tx for r in rounds)
-        if u.verdict == "accepted" and settled:
+        if u.verdict == "accepted" and u.settled and u.settle_tx:
             t["paid_wei"] += u.price_wei
     return {
         **job_summary(job),
@@ -102,10 +102,24 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
         "units": [u.model_dump(mode="json") for u in units],
         "trainers_detail": list(trainers.values()),
         "paid_wei": sum(t["paid_wei"] for t in trainers.values()),
+        "escrow": escrow_detail(job, role.db.get_escrow(job.job_id)),
         "result": {"key": job.result_key, "sha256": job.result_sha256} if job.result_key else None,
         "final_metrics": job.final_metrics,
         "events": job.events[-100:],
     }
+
+
+def escrow_detail(job: JobRecord, esc: EscrowRecord) -> dict[str, Any]:
+    """The job's escrow: where it was funded, money in and out, when the payer can release the
+    reservations, and every transaction the client sent for it (by kind, with gas)."""
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for tx in esc.txs:
+        by_kind.setdefault(tx.kind, []).append(tx.model_dump(mode="json"))
+    return {"contract": job.contract, "job_key": job.job_key, "nonce": job.nonce, "payer": job.payer,
+            "operator": job.operator, "deposited_wei": job.deposited_wei, "paid_wei": esc.paid_wei,
+            "refunded_wei": esc.refunded_wei, "refund_available_at": esc.release_at, "closing": esc.closing,
+            "closed": esc.closed, "released": esc.released, "cleaned": esc.cleaned, "skipped": esc.skipped,
+            "transactions": by_kind, "gas_used": sum(tx.gas_used for tx in esc.txs), "error": esc.error}
 
 
 def job_parts(role: ClientRole) -> RoleParts:
@@ -278,7 +292,7 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"peer_id": ident.peer_id, "address": ident.address, "box_public": ident.box_public_hex,
                 "balance_wei": balance, "network": role.settings.network,
                 "storage": type(role.store).__name__, "ledger": "anvil (devnet)" if role.settings.is_devnet else "Hedera",
-                "contract": role.ledger.contract_address, "api_token_required": bool(role.settings.api_token)}
+                "contract": role.escrow.contract_address, "api_token_required": bool(role.settings.api_token)}
 
     async def cmd_train(args: list[Any]) -> dict[str, Any]:
         if len(args) < 2 or not all(isinstance(a, str) for a in args[:2]):

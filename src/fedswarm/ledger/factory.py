@@ -1,9 +1,11 @@
-"""The one place a `Ledger` is built from settings: the devnet's anvil or Hedera's relay."""
+"""The one place a `Ledger` (v1) or an `EscrowV2` is built from settings: the devnet's anvil or
+Hedera's relay."""
 
 from __future__ import annotations
 
 from fedswarm.config import ConfigError, Settings
 from fedswarm.identity import Identity
+from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.evm import Ledger
 from fedswarm.ledger.hedera import (
     HederaConfigError,
@@ -56,3 +58,36 @@ def make_ledger(settings: Settings, identity: Identity | None = None) -> Ledger:
         )
     except HederaConfigError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV2:
+    """The FedSwarmEscrowV2 client new jobs are funded and settled on.
+
+    Devnet: ``escrow_v2_address`` and ``escrow_v2_deploy_block`` of ``devnet.json``'s chain
+    block, signing with the node's wallet key. Hedera: ``CONTRACT_ID`` names the v2 deployment
+    (v1 is read only for jobs funded before v2), the relay and signer as :func:`make_ledger`.
+    """
+    if settings.is_devnet:
+        chain = settings.devnet_state().get("chain") or {}
+        if not chain.get("escrow_v2_address"):
+            raise ConfigError(
+                "the devnet has no v2 escrow: restart it with `fedswarm devnet up`"
+            )
+        if identity is None:
+            raise ConfigError("a devnet escrow needs the node's identity (its wallet key)")
+        return EscrowV2(
+            rpc_url=chain["rpc_url"],
+            contract_address=chain["escrow_v2_address"],
+            account=identity.wallet,
+            chain_id=int(chain["chain_id"]),
+            deploy_block=int(chain.get("escrow_v2_deploy_block", 0)),
+        )
+    v1 = make_ledger(settings, identity)
+    return EscrowV2(
+        rpc_url=v1.rpc_url,
+        contract_address=v1.contract_address,
+        account=v1.account,
+        units=v1.units,
+        chain_id=v1.chain_id,
+        receipt_timeout=v1.receipt_timeout,
+    )

@@ -2,7 +2,8 @@
 
 Start at :mod:`.role` (:class:`ClientRole` and :func:`open_client`); each phase of a job has
 its own module: :mod:`.submission`, :mod:`.bidding` (and escrow), :mod:`.rounds`,
-:mod:`.review` (checks and aggregation), :mod:`.settlement`, :mod:`.finish`. The durable
+:mod:`.exchange` (receipts), :mod:`.review` (checks and aggregation), :mod:`.settlement`
+(the background settler), :mod:`.finish`. The durable
 records are in :mod:`.records`, the shared parts in :mod:`.services`, the unit training
 settings and strategy state in :mod:`.training`.
 """
@@ -10,6 +11,7 @@ settings and strategy state in :mod:`.training`.
 from fedswarm.roles.client.records import (
     TERMINAL,
     ClientDB,
+    EscrowRecord,
     JobRecord,
     JobState,
     JobTerms,
@@ -28,6 +30,7 @@ from fedswarm.roles.client.services import (
 
 __all__ = [
     "TERMINAL",
+    "EscrowRecord",
     "ClientDB",
     "ClientRole",
     "JobFailed",

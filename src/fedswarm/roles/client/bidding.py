@@ -1,25 +1,29 @@
 """Phases 2 and 3, bidding and escrow: find trainers, then lock their pay on chain.
 
 ``collect_bids`` announces the job on the market topic (re-announcing while the window is
-open, up to three windows) and picks trainers and standbys from the signed bids with the
-market's selection policy and the trainers' on-chain reputation. ``escrow`` funds the job on
-the contract and registers the chosen trainers; it asks the chain what is already done first,
-so a restarted client never pays twice.
+open, up to three windows; the announcement is signed by the node's wallet, the job's operator)
+and picks trainers and standbys from the signed bids with the market's selection policy and the
+trainers' on-chain reputation. ``escrow`` funds the job on FedSwarmEscrowV2 in one transaction
+that registers the chosen trainers and the standbys (standbys are never added mid-job); the
+nonce and job key are recorded before it is sent and the chain is asked first, so a restarted
+client never funds twice.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import secrets
 import time
 from typing import Any
 
 import trio
 
-from fedswarm import crypto
-from fedswarm.ledger.contract import JobStatus
-from fedswarm.ledger.evm import job_id_from
+from fedswarm.ledger.escrow import JobStatusV2, job_key_of
+from fedswarm.ledger.escrow import JobTerms as ChainTerms
+from fedswarm.ledger.escrow import TrainerTerms as ChainTrainer
 from fedswarm.market.bids import BidError, verify_bid
+from fedswarm.market.operator import sign_announcement
 from fedswarm.market.pricing import Quote, quote
 from fedswarm.market.reputation import Reputation, reputation_from_events
 from fedswarm.market.selection import JobRequirements, Selection, SelectionError, make_policy
@@ -34,6 +38,20 @@ from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread,
 def min_ram_mb(num_params: int) -> int:
     """A trainer's memory floor for a model: weights, grads, optimiser state, activations."""
     return int(math.ceil(num_params * 4 * 6 / (1 << 20))) + 256
+
+
+def units_registered(job: JobRecord, standby: bool) -> int:
+    """Units a trainer is registered for at funding: a chosen trainer its rounds plus a redo
+    budget of half the rounds (reassignments, rejected units redone); a standby half the
+    rounds plus one."""
+    half = math.ceil(job.terms.rounds / 2)
+    return half + 1 if standby else job.terms.rounds + half
+
+
+def fund_trainers(job: JobRecord) -> list[ChainTrainer]:
+    """The trainers the funding transaction registers (chosen first, then standbys)."""
+    return [ChainTrainer(trainer=b["address"], price=int(b["price_wei"]), units=units_registered(job, standby))
+            for standby, bids in ((False, job.chosen), (True, job.standby)) for b in bids]
 
 
 def job_quote(job: JobRecord) -> Quote:
@@ -61,7 +79,9 @@ class Bidding:
         self._check_asking_prices(job)
         await svc.node.subscribe(job_topic(job.job_id), self._on_job_topic)
         wanted = terms.trainers + terms.standby
-        chain_id = await in_thread(svc.ledger.get_chain_id)
+        chain_id = await in_thread(svc.escrow.get_chain_id)
+        contract = svc.escrow.contract_address
+        operator_sig = sign_announcement(svc.identity.wallet, job.job_id, svc.node.peer_id, chain_id, contract)
         # Up to three windows: trainers that were busy, slow or just joining get another chance
         # before the job fails for want of trainers (nothing has been spent yet).
         for window in range(3):
@@ -71,8 +91,8 @@ class Bidding:
                 standby=terms.standby, rounds=terms.rounds, price_cap_wei=terms.price_cap_wei,
                 min_ram_mb=min_ram_mb(job.num_params), model_params=job.num_params,
                 train_rows=job.train_rows, bid_deadline=deadline, chain_id=chain_id,
-                contract=svc.ledger.contract_address, audit_topic=job.audit_topic or "0.0.0",
-                client_addrs=svc.node.addrs[:16],
+                contract=contract, audit_topic=job.audit_topic or "0.0.0",
+                client_addrs=svc.node.addrs[:16], operator=svc.identity.address, operator_sig=operator_sig,
             )
             self._announces[job.job_id] = announce
             started = time.time()
@@ -128,30 +148,43 @@ class Bidding:
         return reputation_from_events(history)
 
     async def escrow(self, job: JobRecord) -> None:
-        """Fund the job on the contract and register the selected trainers (idempotent)."""
+        """Fund the job on FedSwarmEscrowV2 (one transaction, chosen and standby trainers
+        registered at their bid prices); idempotent across restarts."""
         svc = self.svc
-        costs = job_quote(job)
-        jid = job_id_from(job.job_id)
-        info = await in_thread(svc.ledger.job, jid)
-        if info.status == JobStatus.NONE:
-            deadline = int(time.time() + job.terms.rounds * job.terms.round_deadline_s * 3 + 3600)
-            spec_hash = bytes.fromhex(crypto.sha256_bytes(json.dumps(job.model, sort_keys=True).encode()))
-            receipt = await in_thread(svc.ledger.create_job, jid, spec_hash, deadline,
-                                      job.terms.settle_window_s, costs.total_wei)
-            job.escrow_tx = receipt.tx_hash
-        addrs, prices, max_units = costs.add_trainers_args()
-        missing = []
-        for addr, price, units in zip(addrs, prices, max_units, strict=True):
-            if not (await in_thread(svc.ledger.trainer, jid, addr)).registered:
-                missing.append((addr, price, units))
-        if missing:  # a restart between createJob and addTrainers registers the rest only
-            await in_thread(svc.ledger.add_trainers, jid, [m[0] for m in missing],
-                            [m[1] for m in missing], [m[2] for m in missing])
-        job.deposited_wei = costs.total_wei
+        esc = svc.escrow
+        if job.job_key is None:
+            # Recorded before anything is sent: after a crash the same key is looked up.
+            job.nonce = secrets.randbits(63)
+            job.payer = job.operator = svc.identity.address
+            job.contract = esc.contract_address
+            job.job_key = job_key_of(job.payer, job.nonce).hex()
+            svc.db.put_job(job)
+        key = bytes.fromhex(job.job_key)
+        trainers = fund_trainers(job)
+        amount = sum(t.price * t.units for t in trainers)
+        view = await in_thread(esc.job, key)
+        if view.status == JobStatusV2.NONE:
+            min_claim = await in_thread(esc.min_claim_window)
+            claim_window = max(job.terms.claim_window_s, min_claim)
+            deadline_s = job.terms.deadline_s or int(job.terms.rounds * job.terms.round_deadline_s * 3 + 3600)
+            chain_terms = ChainTerms(operator=svc.identity.address, deadline=int(time.time()) + deadline_s,
+                                     settle_window=job.terms.settle_window_s, claim_window=claim_window,
+                                     price_cap=job.terms.price_cap_wei,
+                                     unit_budget=sum(t.units for t in trainers))
+            funded = await in_thread(esc.fund, job.nonce, chain_terms, trainers, amount)
+            job.escrow_tx = funded.receipt.tx_hash
+            svc.record_tx(job.job_id, "fund", funded.receipt, f"{len(trainers)} trainers, {amount} wei")
+        elif view.payer.lower() != (job.payer or "").lower() or view.operator.lower() != svc.identity.address.lower():
+            # Only our key can fund our key's job: this means the record is not ours.
+            raise JobFailed(f"job key {job.job_key[:16]}… on chain names another payer or operator; "
+                            "not using it")
+        job.deposited_wei = amount
         job.state = "escrowed"
-        svc.event(job, f"escrowed {costs.total_wei} wei for {len(costs.trainers)} trainers")
+        svc.event(job, f"escrowed {amount} wei on {esc.contract_address} for {len(job.chosen)} trainers "
+                       f"(+{len(job.standby)} standby)")
         svc.db.put_job(job)
-        await svc.audit_entry(job, {"state": "escrowed", "wei": costs.total_wei})
+        await svc.audit_entry(job, {"state": "escrowed", "wei": amount, "job_key": job.job_key,
+                                    "contract": esc.contract_address})
 
     # ------------------------------------------------------------------ network handlers
 

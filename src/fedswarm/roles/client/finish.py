@@ -1,10 +1,12 @@
-"""Phase 6, the end of a job: finish (result sealed to the user, recorded on chain, refund),
-cancel (undo what the escrow allows), or fail (record why and tell the trainers)."""
+"""Phase 6, the end of a job: finish (result sealed to the user, completion on chain), cancel
+or fail. Every path ends the job on chain through the settler (:mod:`.settlement`): ``complete``
+after the last verdict batch, or ``cancel`` (free escrow back at once, reservations at release,
+so trainers holding receipts are still paid). A job funded on the v1 contract is closed there.
+"""
 
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable
 
 from fedswarm.ledger.contract import JobStatus
 from fedswarm.ledger.evm import job_id_from
@@ -13,34 +15,41 @@ from fedswarm.protocol.topics import MARKET_TOPIC
 from fedswarm.roles.client.records import JobRecord
 from fedswarm.roles.client.review import global_path
 from fedswarm.roles.client.services import ClientServices, in_thread, log
+from fedswarm.roles.client.settlement import Settler, request_close, wait_closed
 from fedswarm.storage.sealed import JobObjects, StoredRef, open_stored, seal
 
 # The result is the final weights (float32) sealed once: a generous bound for reading it back.
 RESULT_SLACK_BYTES = 4 << 20
+# States after which a job holds money on chain (before them nothing was funded).
+FUNDED_STATES = ("escrowed", "running", "finishing")
 
 
 class Finish:
-    """The terminal steps of a job; ``complete_job(job, pointer)`` records the result on chain."""
+    """The terminal steps of a job; the settler closes it on chain."""
 
-    def __init__(self, svc: ClientServices, complete_job: Callable[[JobRecord, bytes], Awaitable[None]]) -> None:
+    def __init__(self, svc: ClientServices, settler: Settler) -> None:
         self.svc = svc
-        self.complete_job = complete_job
+        self.settler = settler
 
     async def finish(self, job: JobRecord) -> None:
-        """Encrypt the final weights to the user's key, upload, record on chain, refund."""
+        """Encrypt the final weights to the user's key, upload them, and complete the job on
+        chain once every verdict is settled."""
         svc = self.svc
-        final = global_path(svc.job_dir(job.job_id), job.terms.rounds)
-        user_box = job.terms.user_box_public or svc.identity.box_public_hex
-        obj = JobObjects(job.job_id).result()
+        esc = svc.db.get_escrow(job.job_id)
+        if esc.result_pointer is None or job.result_key is None:
+            final = global_path(svc.job_dir(job.job_id), job.terms.rounds)
+            user_box = job.terms.user_box_public or svc.identity.box_public_hex
+            obj = JobObjects(job.job_id).result()
 
-        def upload() -> StoredRef:
-            return seal(svc.store, obj, final.read_bytes(), box_public=user_box)
+            def upload() -> StoredRef:
+                return seal(svc.store, obj, final.read_bytes(), box_public=user_box)
 
-        ref = await in_thread(upload)
-        pointer = json.dumps(ref.to_dict(), separators=(",", ":")).encode()
-        await self.complete_job(job, pointer)
-        await self._withdraw()
-        job.result_key, job.result_sha256 = ref.key, ref.sha256
+            ref = await in_thread(upload)
+            job.result_key, job.result_sha256 = ref.key, ref.sha256
+            svc.db.put_job(job)
+            request_close(svc, job, "complete", json.dumps(ref.to_dict(), separators=(",", ":")))
+        await wait_closed(svc, self.settler, job.job_id)
+        job = svc.job(job.job_id)
         rounds = svc.db.rounds(job.job_id)
         job.final_metrics = rounds[-1].metrics if rounds else {}
         job.state = "done"
@@ -51,17 +60,10 @@ class Finish:
         await svc.audit_entry(job, {"state": "done", "metrics": job.final_metrics})
 
     async def cancel(self, job: JobRecord) -> None:
-        """Stop a job: before escrow nothing to undo; after, cancel (no commits) or complete
-        early, which refunds everything not owed to trainers."""
+        """Stop a job at the user's request: the settler puts the verdicts already made on
+        chain, then cancels (refunding everything not owed to trainers)."""
         svc = self.svc
-        jid = job_id_from(job.job_id)
-        info = await in_thread(svc.ledger.job, jid)
-        if info.status == JobStatus.OPEN:
-            if info.commits == 0:
-                await in_thread(svc.ledger.cancel_job, jid)
-            else:
-                await in_thread(svc.ledger.complete_job, jid, b"cancelled")
-            await self._withdraw()
+        await self._close(job, funded_v1=job.state in FUNDED_STATES)
         job = svc.job(job.job_id)
         job.state = "cancelled"
         svc.event(job, "cancelled by the user")
@@ -69,21 +71,44 @@ class Finish:
         await svc.publish_finished(job.job_id, "cancelled")
 
     async def fail(self, job_id: str, reason: str) -> None:
-        """Record the job as failed with ``reason`` and tell its trainers (best effort)."""
+        """Record the job as failed with ``reason``, close it on chain (through the settler)
+        and tell its trainers (best effort)."""
         svc = self.svc
         job = svc.job(job_id)
+        funded_v1 = job.state in FUNDED_STATES  # read before the state becomes "failed"
         job.state, job.error = "failed", reason
         svc.event(job, f"failed: {reason}")
         svc.db.put_job(job)
+        try:
+            await self._close(job, funded_v1=funded_v1)
+        except Exception as exc:  # the v1 close is retried on no later path: say so
+            log.warning("could not close the failed job %s on chain: %s", job_id, exc)
         try:
             await svc.publish_finished(job_id, "failed")
             await svc.audit_entry(job, {"state": "failed", "reason": reason})
         except Exception:
             log.debug("could not announce the failure of %s", job_id, exc_info=True)
 
-    async def _withdraw(self) -> None:
-        """Pull refunds the contract holds for us."""
+    async def _close(self, job: JobRecord, funded_v1: bool) -> None:
+        """Ask for the job's close on chain: v2 through the settler (it returns at once), a
+        job funded on v1 (``funded_v1``: it got past escrow without a v2 key) here and now."""
+        if job.job_key is not None:
+            request_close(self.svc, job, "cancel")
+            self.settler.kick()
+        elif funded_v1 or job.escrow_tx:
+            await self.close_v1(job)
+
+    async def close_v1(self, job: JobRecord) -> None:
+        """Close a job funded on the v1 contract (before v2): cancel it if nobody committed,
+        else complete it (refunding what is not owed), then withdraw the refund."""
         svc = self.svc
+        jid = job_id_from(job.job_id)
+        info = await in_thread(svc.ledger.job, jid)
+        if info.status == JobStatus.OPEN:
+            if info.commits == 0:
+                await in_thread(svc.ledger.cancel_job, jid)
+            else:
+                await in_thread(svc.ledger.complete_job, jid, b"failed")
         if await in_thread(svc.ledger.pending, svc.identity.address) > 0:
             await in_thread(svc.ledger.withdraw)
 

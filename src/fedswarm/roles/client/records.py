@@ -19,7 +19,9 @@ from pydantic import BaseModel, Field
 
 JobState = Literal["submitted", "prepared", "bidding", "selected", "escrowed", "running",
                    "finishing", "done", "failed", "cancelled"]
-UnitState = Literal["assigned", "accepted", "delivered", "failed", "lost", "checked"]
+# assigned -> accepted (trainer took it) -> receipted (object checked, receipt signed: waiting
+# for the update's key) -> delivered (decrypted, usable) -> checked (verdict recorded).
+UnitState = Literal["assigned", "accepted", "receipted", "delivered", "failed", "lost", "checked"]
 TERMINAL: set[str] = {"done", "failed", "cancelled"}
 
 
@@ -37,6 +39,13 @@ class JobTerms(BaseModel):
     price_cap_wei: int = Field(10**16, ge=1, lt=1 << 128)
     round_deadline_s: float = Field(120.0, ge=5, le=86_400)
     settle_window_s: int = Field(3600, ge=10, le=30 * 86_400)
+    # How long after the settle window a receipt can still be claimed; the contract refuses
+    # less than its minimum claim window (devnet: 10 s, production: 1 hour).
+    claim_window_s: int = Field(86_400, ge=10, le=30 * 86_400)
+    # The job's deadline on chain, in seconds from funding (receipts issued later never pay;
+    # a client that vanished lets the payer release at deadline + both windows). None: three
+    # times every round's deadline, plus an hour.
+    deadline_s: int | None = Field(None, ge=60, le=365 * 86_400)
     reexec_fraction: float = Field(0.34, ge=0, le=1)
     # An honest update trained on one chunk can be a little worse on the held-out split than
     # the aggregate (most of all near convergence); poisoned ones are orders of magnitude worse.
@@ -48,6 +57,41 @@ class JobTerms(BaseModel):
     bid_window_s: float = Field(10.0, ge=0.5, le=600)  # closes early once enough bids arrived
     mode: Literal["train", "noop"] = "train"
     user_box_public: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+
+
+class ChainTx(BaseModel):
+    """One transaction the client sent for a job (``kind``: fund, settle, complete, cancel,
+    release, withdraw)."""
+
+    kind: str
+    tx_hash: str
+    gas_used: int = 0
+    fee: int = 0
+    ts: float = Field(default_factory=time.time)
+    note: str = ""
+
+
+class EscrowRecord(BaseModel):
+    """What the job's escrow did, as the client's settler saw it (amounts in contract units).
+    Kept in its own table: the settler task writes it while the job's driver writes the job.
+
+    ``closing`` is what the job asked for (``complete`` with ``result_pointer``, or ``cancel``);
+    the settler does it once every verdict is on chain, then releases at ``release_at`` and
+    deletes the job's objects after the retention time.
+    """
+
+    paid_wei: int = 0
+    refunded_wei: int = 0
+    release_at: int | None = None
+    closing: Literal["complete", "cancel"] | None = None
+    result_pointer: str | None = None
+    closed: bool = False
+    released: bool = False
+    cleaned: bool = False
+    skipped: list[dict[str, Any]] = Field(default_factory=list)  # units the chain skipped, and why
+    txs: list[ChainTx] = Field(default_factory=list)
+    released_at: float | None = None  # when this client saw the release (retention counts from it)
+    error: str | None = None  # the settler's last failure (retried)
 
 
 class JobRecord(BaseModel):
@@ -73,6 +117,13 @@ class JobRecord(BaseModel):
     standby: list[dict[str, Any]] = Field(default_factory=list)
     deposited_wei: int = 0
     escrow_tx: str | None = None
+    # Settlement v2: where and how the job was funded. A job with ``job_key`` None that got
+    # past selection was funded on the v1 contract (``contract`` then names it, if known).
+    contract: str | None = None
+    job_key: str | None = None  # hex, no 0x
+    nonce: int | None = None
+    payer: str | None = None
+    operator: str | None = None
     result_key: str | None = None
     result_sha256: str | None = None
     final_metrics: dict[str, float] = Field(default_factory=dict)
@@ -118,6 +169,11 @@ class UnitRecord(BaseModel):
     reason: str | None = None
     assigned_at: float = Field(default_factory=time.time)
     seconds: float | None = None
+    # Settlement v2: the receipt the operator signed for this unit (Receipt.to_json() plus
+    # "signature"), sent again as is if the trainer delivers twice; the verdict's settle batch.
+    receipt: dict[str, Any] | None = None
+    settle_tx: str | None = None
+    settled: bool = False
 
 
 class ClientDB:
@@ -137,6 +193,7 @@ class ClientDB:
                 CREATE TABLE IF NOT EXISTS units (job_id TEXT, round INTEGER, unit INTEGER, body TEXT,
                     PRIMARY KEY (job_id, round, unit));
                 CREATE TABLE IF NOT EXISTS secrets (job_id TEXT PRIMARY KEY, secret BLOB);
+                CREATE TABLE IF NOT EXISTS escrow (job_id TEXT PRIMARY KEY, body TEXT);
             """)
         path.chmod(0o600)
 
@@ -170,6 +227,14 @@ class ClientDB:
         if not rows:
             raise KeyError(f"no secret for job {job_id}")
         return bytes(rows[0][0])
+
+    # escrow: read-modify-write without awaiting in between (trio tasks then never interleave)
+    def get_escrow(self, job_id: str) -> EscrowRecord:
+        rows = self._exec("SELECT body FROM escrow WHERE job_id = ?", (job_id,))
+        return EscrowRecord.model_validate_json(rows[0][0]) if rows else EscrowRecord()
+
+    def put_escrow(self, job_id: str, esc: EscrowRecord) -> None:
+        self._exec("INSERT OR REPLACE INTO escrow VALUES (?, ?)", (job_id, esc.model_dump_json()))
 
     # rounds
     def put_round(self, rnd: RoundRecord) -> None:

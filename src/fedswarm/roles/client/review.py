@@ -1,7 +1,7 @@
 """Phase 4b, review: check a round's delivered updates, then aggregate the accepted ones.
 
-``check_units`` downloads each delivered update, checks it against the hash its trainer
-committed on chain, decrypts it (:func:`fedswarm.storage.sealed.open_stored`) and, once every
+``check_units`` reads each delivered update (receipted and decrypted by :mod:`.exchange`) and,
+once every
 delivery of the round is in, reviews them together with
 :func:`fedswarm.learning.review.review_round`: every update is judged against a unit the client
 re-executes itself (the reference, picked only now), on samples of the trainers' own chunks and
@@ -36,7 +36,6 @@ from fedswarm.learning.weights import (
     unflatten_state,
 )
 from fedswarm.learning.worker import EvalTask, TrainingWorker, TrainTask
-from fedswarm.ledger.evm import job_id_from
 from fedswarm.protocol.preprocessing import Preprocessing
 from fedswarm.roles.client.records import JobRecord, RoundRecord, UnitRecord
 from fedswarm.roles.client.review_state import (
@@ -48,8 +47,12 @@ from fedswarm.roles.client.review_state import (
     save_state,
 )
 from fedswarm.roles.client.services import ClientServices, in_thread
-from fedswarm.roles.client.training import JobStrategies, max_update_bytes, reexec_task
-from fedswarm.storage.sealed import JobObjects, open_stored
+from fedswarm.roles.client.training import (
+    JobStrategies,
+    max_update_bytes,
+    reexec_task,
+    update_files,
+)
 
 CLIENT_DEVICE = "cpu"  # the client re-executes on CPU (ClientServices.worker)
 
@@ -195,17 +198,17 @@ class Review:
         await svc.audit_entry(job, {"state": "round_reviewed", "round": r, **summary})
 
     def _load_updates(self, job: JobRecord, r: int, units: list[UnitRecord]) -> list[tuple[UnitRecord, np.ndarray | None]]:
-        """Download, check against the on-chain hash, decrypt and flatten each update."""
+        """Read each update the exchange opened (hash-checked and receipted copy, decrypted with
+        the trainer's key: :mod:`.exchange`) and flatten it."""
         svc = self.svc
-        jid = job_id_from(job.job_id)
-        objects = JobObjects(job.job_id)
         layout, _ = load_flat(global_path(svc.job_dir(job.job_id), r))
         out: list[tuple[UnitRecord, np.ndarray | None]] = []
         for u in units:
             try:
-                onchain = svc.ledger.unit(jid, r, u.unit).update_hash.hex()
-                plain = open_stored(svc.store, objects.update(r, u.unit), sha256=onchain,
-                                    max_bytes=max_update_bytes(job.num_params), box_private=svc.identity.box_key)
+                _, plain_path = update_files(svc.job_dir(job.job_id), r, u.unit)
+                if plain_path.stat().st_size > max_update_bytes(job.num_params):
+                    raise ValueError("update is larger than the unit allows")
+                plain = plain_path.read_bytes()
                 vec, _ = flatten_state(load_weights_bytes(plain, expected=layout))
                 out.append((u, vec))
             except Exception as exc:

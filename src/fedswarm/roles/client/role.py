@@ -7,12 +7,15 @@ A job moves through::
 
 Each state has one step, in its own module: :mod:`.submission` (validate, then prepare the
 dataset and initial weights), :mod:`.bidding` (announce, select trainers, escrow their pay),
-:mod:`.rounds` (assign, collect, reassign; :mod:`.review` checks and aggregates),
-:mod:`.settlement` (pay each round) and :mod:`.finish` (result, refund; cancel; fail).
+:mod:`.rounds` (assign, collect, reassign; :mod:`.exchange` receipts deliveries off chain;
+:mod:`.review` checks and aggregates) and :mod:`.finish` (result; cancel; fail). Beside the
+steps, one background :class:`~.settlement.Settler` puts verdicts on chain in batches, closes,
+releases and cleans up jobs: no chain transaction sits on a round's path.
 A step reads the durable :class:`~fedswarm.roles.client.records.JobRecord`, does its work and
 records the next state; :meth:`ClientRole.drive` walks the steps. A client killed at any point
 restarts with the same home, finds the job in SQLite and resumes at the last recorded state;
 steps with chain effects first ask the chain what is already done, so a restart never pays twice.
+A job funded on the v1 contract (before v2) is not resumed: it fails and is closed on v1.
 """
 
 from __future__ import annotations
@@ -25,18 +28,20 @@ from fedswarm.config import Settings
 from fedswarm.identity import Identity
 from fedswarm.ledger.audit import AuditLog
 from fedswarm.ledger.audit_factory import make_audit_log
-from fedswarm.ledger.evm import Ledger
-from fedswarm.ledger.factory import make_ledger
+from fedswarm.ledger.escrow import EscrowV2, SettleOutcome, Verdict
+from fedswarm.ledger.evm import Ledger, TxReceipt
+from fedswarm.ledger.factory import make_escrow, make_ledger
 from fedswarm.p2p.node import Node, Rejected
-from fedswarm.protocol.job import Bid, UnitDone, UnitFailed
+from fedswarm.protocol.job import Bid, UnitDone, UnitFailed, UpdateKey
 from fedswarm.protocol.messages import Role
 from fedswarm.roles.client.bidding import Bidding
-from fedswarm.roles.client.finish import Finish
+from fedswarm.roles.client.exchange import Exchange
+from fedswarm.roles.client.finish import FUNDED_STATES, Finish
 from fedswarm.roles.client.records import TERMINAL, JobRecord, JobState, JobTerms
 from fedswarm.roles.client.review import Review
 from fedswarm.roles.client.rounds import Rounds
 from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread, log
-from fedswarm.roles.client.settlement import complete_on_chain, record_settled, settle_on_chain
+from fedswarm.roles.client.settlement import Settler, round_checked
 from fedswarm.roles.client.submission import Submission
 from fedswarm.roles.client.training import JobStrategies
 from fedswarm.storage.base import ObjectStore
@@ -46,27 +51,32 @@ from fedswarm.storage.factory import make_object_store
 class ClientRole:
     """The job coordinator of one client node (built by :func:`open_client`).
 
-    The settlement seam, for test doubles: :meth:`settle_round` and :meth:`complete_job` are
-    the only chain calls that pay trainers or close a job; a subclass that overrides them to
-    do nothing is a client that never settles.
+    The settlement seam, for test doubles: :meth:`submit_verdicts` and :meth:`complete_job` are
+    the only chain calls that pay trainers by verdict or complete a job; a subclass that
+    overrides them to do nothing is a client that never settles (its trainers claim with
+    their receipts).
     """
 
     def __init__(self, node: Node, settings: Settings, home: Path, identity: Identity,
-                 store: ObjectStore, ledger: Ledger, audit: AuditLog) -> None:
-        self.svc = svc = ClientServices(node, settings, home, identity, store, ledger, audit)
+                 store: ObjectStore, ledger: Ledger, audit: AuditLog, escrow: EscrowV2) -> None:
+        self.svc = svc = ClientServices(node, settings, home, identity, store, ledger, audit, escrow)
         # What the node's API reads (the same objects the phases share through ``svc``).
         self.node, self.settings, self.home, self.identity = node, settings, home, identity
-        self.store, self.ledger, self.audit, self.db = store, ledger, audit, svc.db
+        self.store, self.ledger, self.escrow, self.audit, self.db = store, ledger, escrow, audit, svc.db
         self._cancel_requested: set[str] = set()
         self._running: set[str] = set()  # jobs a drive() task is working on
         self.submission = Submission(svc)
         self.bidding = Bidding(svc)
         self.review = Review(svc, JobStrategies(svc.job_dir))
-        self.rounds = Rounds(svc, self.review, self._settle, self._cancel_requested.__contains__)
-        self.finishing = Finish(svc, self.complete_job)
+        self.settler = Settler(svc, self.submit_verdicts, self.complete_job)
+        self.rounds = Rounds(svc, self.review, self._round_checked, self._cancel_requested.__contains__)
+        self.exchange = Exchange(svc, self.rounds.wake)
+        self.finishing = Finish(svc, self.settler)
+        self._settler_started = False
         node.on_rpc(Bid, self.bidding.on_bid)
-        node.on_rpc(UnitDone, self.rounds.on_unit_event)
-        node.on_rpc(UnitFailed, self.rounds.on_unit_event)
+        node.on_rpc(UnitDone, self.exchange.on_unit_done)
+        node.on_rpc(UpdateKey, self.exchange.on_update_key)
+        node.on_rpc(UnitFailed, self.rounds.on_unit_failed)
 
     # ---------------------------------------------------------------- the state machine
 
@@ -82,6 +92,12 @@ class ClientRole:
             "finishing": self.finishing.finish,
         }
         try:
+            job = self.svc.job(job_id)
+            if job.job_key is None and (job.state in FUNDED_STATES or job.escrow_tx):
+                # Funded on the v1 contract before v2: not resumed; closed on v1 by fail().
+                await self.finishing.fail(job_id, "funded on the v1 escrow, which this client no longer "
+                                                  "runs jobs on; closed there (refund withdrawn)")
+                return
             while True:
                 job = self.svc.job(job_id)
                 if job.state in TERMINAL:
@@ -104,18 +120,18 @@ class ClientRole:
 
     # ---------------------------------------------------------------- the settlement seam
 
-    async def settle_round(self, job: JobRecord, r: int) -> str | None:
-        """Settle round ``r`` on chain (pay accepted units, reject the rest); returns the
-        transaction hash, or None when nothing was sent."""
-        return await settle_on_chain(self.svc, job, r)
+    async def submit_verdicts(self, job: JobRecord, batch: list[Verdict]) -> SettleOutcome | None:
+        """Put one batch of verdicts on chain (the settler sizes it); None when nothing was
+        sent."""
+        return await in_thread(self.escrow.settle_batch, bytes.fromhex(job.job_key or ""), batch)
 
-    async def complete_job(self, job: JobRecord, pointer: bytes) -> None:
-        """Record the job's result ``pointer`` on chain if the job is still open (refunds
-        the escrow not owed to trainers)."""
-        await complete_on_chain(self.svc, job, pointer)
+    async def complete_job(self, job: JobRecord, pointer: bytes, result_sha256: bytes) -> TxReceipt | None:
+        """Record the job's result ``pointer`` and its sha256 on chain (refunds the free
+        escrow; reservations come back at release); None when nothing was sent."""
+        return await in_thread(self.escrow.complete, bytes.fromhex(job.job_key or ""), pointer, result_sha256)
 
-    async def _settle(self, job: JobRecord, r: int) -> None:
-        await record_settled(self.svc, job, r, await self.settle_round(job, r))
+    async def _round_checked(self, job: JobRecord, r: int) -> None:
+        await round_checked(self.svc, self.settler, job, r)
 
     # ---------------------------------------------------------------- what the API calls
 
@@ -128,8 +144,15 @@ class ClientRole:
         self.start(job.job_id)
         return job.job_id
 
+    def start_settler(self) -> None:
+        """Start the background settler in the node's nursery (once)."""
+        if not self._settler_started:
+            self._settler_started = True
+            self.svc.node.nursery.start_soon(self.settler.run)
+
     def start(self, job_id: str) -> None:
         """Drive ``job_id`` in the node's nursery unless that already happens."""
+        self.start_settler()
         if job_id not in self._running:
             self._running.add(job_id)
             self.svc.node.nursery.start_soon(self.drive, job_id)
@@ -160,7 +183,9 @@ class ClientRole:
         return self.finishing.fetch_result(job)
 
     def resume_all(self) -> None:
-        """Restart every unfinished job (after a client restart)."""
+        """Restart every unfinished job (after a client restart) and the settler (which finishes
+        the chain work of ended jobs too)."""
+        self.start_settler()
         db = self.svc.db
         for job in db.jobs():
             if job.state not in TERMINAL:
@@ -189,5 +214,6 @@ async def open_client(node: Node, settings: Settings, home: Path, opts: dict[str
         await in_thread(fund_wallet, identity.address)
     store = await in_thread(make_object_store, settings)
     ledger = await in_thread(make_ledger, settings, identity)
+    escrow = await in_thread(make_escrow, settings, identity)
     audit = await in_thread(make_audit_log, settings, identity)
-    return client_cls(node, settings, home, identity, store, ledger, audit)
+    return client_cls(node, settings, home, identity, store, ledger, audit, escrow)

@@ -1,9 +1,11 @@
 """Phase 4, rounds: for each round, assign work units, collect the updates (reassigning lost or
-failed slots), have them reviewed (:mod:`.review`) and settle the round.
+failed slots) and have them reviewed (:mod:`.review`).
 
-A round is ``open`` while units are out, ``checked`` once aggregated and ``settled`` once paid;
-every step is recorded before the next, so a restarted client resumes the round where it was
-(it learns commits it missed from the chain).
+A round is ``open`` while units are out, ``checked`` once aggregated (its verdicts are then in
+the unit records) and ``settled`` once the background settler (:mod:`.settlement`) put every
+verdict on chain. No chain transaction sits on a round's path: deliveries are receipted off
+chain (:mod:`.exchange`) and the next round starts as soon as this one is checked. Every step
+is recorded before the next, so a restarted client resumes the round where it was.
 """
 
 from __future__ import annotations
@@ -15,11 +17,11 @@ from typing import Any
 
 import trio
 
-from fedswarm.ledger.contract import UnitStatus
-from fedswarm.ledger.evm import job_id_from
+from fedswarm.market.operator import sign_assignment
 from fedswarm.p2p.node import Rejected, RpcError
-from fedswarm.protocol.job import Ack, ChunkRef, UnitAccepted, UnitDone, UnitFailed, WorkUnit
+from fedswarm.protocol.job import Ack, ChunkRef, UnitAccepted, UnitFailed, WorkUnit
 from fedswarm.protocol.preprocessing import Preprocessing
+from fedswarm.roles.client.bidding import units_registered
 from fedswarm.roles.client.records import TERMINAL, JobRecord, RoundRecord, UnitRecord
 from fedswarm.roles.client.review import Review, global_path
 from fedswarm.roles.client.services import ClientServices, in_thread
@@ -30,19 +32,20 @@ URL_TTL_SLACK_S = 600  # presigned URLs outlive the round deadline by this much
 # A trainer's UnitDone (with its report: sample count, loss) follows its commit within moments;
 # a commit seen only on chain stands in for it after this long (a restart, a lost message).
 CHAIN_GRACE_S = 10.0
-UnitEvent = tuple[str, UnitDone | UnitFailed]  # (sender peer, message)
+UnitEvent = tuple[str, UnitFailed | None]  # (sender peer, message); None: a unit's record changed
 Inbox = trio.MemoryReceiveChannel[UnitEvent]
 
 
 class Rounds:
-    """Runs a job's rounds; ``settle(job, r)`` is called once a round is checked."""
+    """Runs a job's rounds; ``checked(job, r)`` is called once a round is aggregated (it hands
+    the verdicts to the settler and tells the trainers; it sends no transaction itself)."""
 
     def __init__(self, svc: ClientServices, review: Review,
-                 settle: Callable[[JobRecord, int], Awaitable[None]],
+                 checked: Callable[[JobRecord, int], Awaitable[None]],
                  cancel_requested: Callable[[str], bool]) -> None:
         self.svc = svc
         self.review = review
-        self.settle = settle
+        self.checked = checked
         self.cancel_requested = cancel_requested
         self._inbox: dict[str, tuple[trio.MemorySendChannel[UnitEvent], Inbox]] = {}
         self._seen_on_chain: dict[tuple[str, int, int], float] = {}
@@ -63,13 +66,13 @@ class Rounds:
         db.put_job(job)
 
     async def run_round(self, job: JobRecord, r: int) -> None:
-        """Assign, collect (reassigning missing or failed units), check, aggregate, settle."""
+        """Assign, collect (reassigning missing or failed units), check and aggregate."""
         svc = self.svc
         rnd = svc.db.get_round(job.job_id, r)
         if rnd is None:
             rnd = RoundRecord(job_id=job.job_id, round=r, deadline=time.time() + job.terms.round_deadline_s)
             svc.db.put_round(rnd)
-        if rnd.state == "settled":
+        if rnd.state != "open":
             return
         global_ref = await in_thread(self._upload_global, job, r)
         inbox = self._inbox_pair(job.job_id)[1]
@@ -79,16 +82,16 @@ class Rounds:
                     n.start_soon(self._assign, job, r, slot, bid, slot, global_ref, rnd.deadline)
         else:
             svc.event(job, f"round {r}: resumed after a restart")
-        if rnd.state == "open":
-            await self._collect(job, r, rnd, global_ref, inbox)
-            await self._review(job, r, rnd, global_ref, inbox)
-        await self.settle(job, r)
+        await self._collect(job, r, rnd, global_ref, inbox)
+        await self._review(job, r, rnd, global_ref, inbox)
+        await self.checked(job, r)
 
     async def _review(self, job: JobRecord, r: int, rnd: RoundRecord, global_ref: StoredRef,
                       inbox: Inbox) -> None:
         """Check every delivered update; reassign rejected slots once if time allows; aggregate
         the accepted ones."""
         for attempt in range(2):
+            self._reject_unopened(job, r)
             await self.review.check_units(job, r)
             rejected = [u for u in self.svc.db.units(job.job_id, r) if u.verdict == "rejected"]
             if attempt == 1 or not rejected or time.time() > rnd.deadline - 5:
@@ -96,6 +99,14 @@ class Rounds:
             await self._reassign_lost(job, r, rnd, global_ref)
             await self._collect(job, r, rnd, global_ref, inbox)
         await self.review.aggregate_round(job, r, rnd)
+
+    def _reject_unopened(self, job: JobRecord, r: int) -> None:
+        """A receipted unit whose key never came is rejected: its verdict goes on chain, so the
+        receipt cannot be claimed for an update the client could not use."""
+        for u in self.svc.db.units(job.job_id, r):
+            if u.state == "receipted":
+                u.state, u.verdict, u.reason = "checked", "rejected", "the update's key was never delivered"
+                self.svc.db.put_unit(u)
 
     def _upload_global(self, job: JobRecord, r: int) -> StoredRef:
         """Encrypt and upload the round's global weights once (the reference is kept beside them)."""
@@ -143,6 +154,12 @@ class Rounds:
         global_key = objects.global_weights(r).derive_key(secret)
         max_update = max_update_bytes(job.num_params)
         training = unit_training(job, self.review.strategies.get(job), r, slot)
+        assert job.job_key is not None and job.contract is not None, "work units need a funded v2 job"
+        chain_id = svc.escrow.get_chain_id()
+        assignment_sig = sign_assignment(
+            svc.identity.wallet, job_key=job.job_key, contract=job.contract, chain_id=chain_id, round_=r,
+            unit=unit, trainer=bid["address"], deadline=deadline, global_sha256=global_ref.sha256,
+            chunk_sha256s=[chunk["sha256"]])
         return WorkUnit(
             job_id=job.job_id, round=r, unit=unit, model=job.model,
             preprocessing=Preprocessing.model_validate(job.preprocessing),
@@ -155,13 +172,13 @@ class Rounds:
             deadline=deadline, put_url=svc.store.presign_put(objects.update(r, unit).key, ttl, max_update),
             put_max_bytes=max_update, client_box_public=svc.identity.box_public_hex,
             audit_topic=job.audit_topic or "0.0.0",
+            job_key=job.job_key, contract=job.contract, chain_id=chain_id, operator=svc.identity.address,
+            trainer=bid["address"], assignment_sig=assignment_sig,
         )
 
     async def _collect(self, job: JobRecord, r: int, rnd: RoundRecord, global_ref: StoredRef,
                        inbox: Inbox) -> None:
         """Wait for every slot's update; reassign a slot whose trainer failed or vanished."""
-        jid = job_id_from(job.job_id)
-        last_chain_poll = 0.0
         while True:
             units = self.svc.db.units(job.job_id, r)
             if self._round_complete(job, units) or time.time() >= rnd.deadline:
@@ -169,14 +186,10 @@ class Rounds:
             with trio.move_on_after(0.25):
                 event = await inbox.receive()
                 self._apply_unit_event(job, r, event)
-            # A client that restarted (or missed a notification) learns commits from the chain.
-            if time.time() - last_chain_poll > 2.0:
-                last_chain_poll = time.time()
-                await self._poll_commits(job, r, jid)
             await self._reassign_lost(job, r, rnd, global_ref)
             # Nothing out and nobody left to take the missing slots: waiting for the deadline
             # would only delay the round.
-            if not any(u.state in ("assigned", "accepted") for u in self.svc.db.units(job.job_id, r)):
+            if not any(u.state in ("assigned", "accepted", "receipted") for u in self.svc.db.units(job.job_id, r)):
                 return
 
     @staticmethod
@@ -186,37 +199,13 @@ class Rounds:
 
     def _apply_unit_event(self, job: JobRecord, r: int, event: UnitEvent) -> None:
         sender, msg = event
-        if msg.round != r:
-            return
+        if msg is None or msg.round != r:
+            return  # a delivery: the exchange already recorded it
         rec = next((u for u in self.svc.db.units(job.job_id, r) if u.unit == msg.unit), None)
-        if rec is None or rec.trainer_peer != sender or rec.state == "checked":
-            return
-        if rec.state == "delivered":
-            # Learned from the chain first: keep the trainer's report once it comes.
-            if isinstance(msg, UnitDone) and not rec.num_samples:
-                rec.num_samples, rec.train_loss, rec.seconds = msg.num_samples, msg.train_loss, msg.seconds
-                self.svc.db.put_unit(rec)
-            return
-        if isinstance(msg, UnitDone):
-            rec.state, rec.update_sha256 = "delivered", msg.update_sha256
-            rec.num_samples, rec.train_loss, rec.seconds = msg.num_samples, msg.train_loss, msg.seconds
-        else:
-            rec.state, rec.reason = "failed", f"trainer gave up: {msg.reason}"[:300]
+        if rec is None or rec.trainer_peer != sender or rec.state not in ("assigned", "accepted"):
+            return  # a unit already receipted stays with its trainer (its receipt is owed)
+        rec.state, rec.reason = "failed", f"trainer gave up: {msg.reason}"[:300]
         self.svc.db.put_unit(rec)
-
-    async def _poll_commits(self, job: JobRecord, r: int, jid: bytes) -> None:
-        for rec in self.svc.db.units(job.job_id, r):
-            if rec.state in ("delivered", "checked"):
-                continue
-            info = await in_thread(self.svc.ledger.unit, jid, r, rec.unit)
-            if info.status != UnitStatus.NONE and info.trainer.lower() == rec.trainer_address.lower():
-                first = self._seen_on_chain.setdefault((job.job_id, r, rec.unit), time.time())
-                if time.time() - first < CHAIN_GRACE_S:
-                    continue
-                # num_samples stays as the trainer reported it (0: unknown); weights come from
-                # the client's own records anyway.
-                rec.state, rec.update_sha256 = "delivered", info.update_hash.hex()
-                self.svc.db.put_unit(rec)
 
     async def _reassign_lost(self, job: JobRecord, r: int, rnd: RoundRecord, global_ref: StoredRef) -> None:
         """A unit whose trainer failed, refused or went silent goes to a standby (or another
@@ -247,10 +236,10 @@ class Rounds:
 
     def _pick_replacement(self, job: JobRecord, units: list[UnitRecord]) -> dict[str, Any] | None:
         failed = {u.trainer_peer for u in units if u.state in ("failed", "lost") or u.verdict == "rejected"}
-        busy = {u.trainer_peer for u in units if u.state in ("assigned", "accepted")}
-        # The escrow reserves `rounds` units per trainer (chosen and standby alike): a trainer
-        # takes an extra unit only if it keeps one for each of its own remaining slots, or
-        # its commit would revert (MaxUnitsReached) in a later round.
+        busy = {u.trainer_peer for u in units if u.state in ("assigned", "accepted", "receipted")}
+        # Standbys were registered at funding, each for a fixed number of units (never more
+        # mid-job): a trainer takes an extra unit only if it keeps one for each of its own
+        # remaining slots, or a later receipt of its would exceed what the chain pays it.
         r = units[0].round if units else 0
         taken: dict[str, int] = {}
         for u in self.svc.db.units(job.job_id):
@@ -262,8 +251,9 @@ class Rounds:
             peer = directory.get(bid["peer_id"])
             if bid["peer_id"] in failed or bid["peer_id"] in busy:
                 continue
-            own_left = job.terms.rounds - r - 1 if bid["peer_id"] in chosen_ids else 0
-            if taken.get(bid["peer_id"], 0) + own_left >= job.terms.rounds:
+            chosen = bid["peer_id"] in chosen_ids
+            own_left = job.terms.rounds - r - 1 if chosen else 0
+            if taken.get(bid["peer_id"], 0) + own_left >= units_registered(job, standby=not chosen):
                 continue
             if peer is not None and directory.is_online(peer):
                 return bid
@@ -271,8 +261,8 @@ class Rounds:
 
     # ------------------------------------------------------------------ network handlers
 
-    async def on_unit_event(self, sender: str, msg: UnitDone | UnitFailed, blob: bytes | None) -> tuple[Ack, bytes | None]:
-        """The ``UnitDone`` / ``UnitFailed`` RPCs: queue the news for the round's collector."""
+    async def on_unit_failed(self, sender: str, msg: UnitFailed, blob: bytes | None) -> tuple[Ack, bytes | None]:
+        """The ``UnitFailed`` RPC: queue the news for the round's collector."""
         job = self.svc.db.get_job(msg.job_id)
         if job is None or job.state in TERMINAL:
             raise Rejected(f"unknown or finished job {msg.job_id}", code="not_found")
@@ -283,8 +273,13 @@ class Rounds:
         await send.send((sender, msg))
         return Ack(), None
 
+    async def wake(self, job_id: str) -> None:
+        """A unit of ``job_id`` changed (delivered, refused): the collector looks again now."""
+        send, _ = self._inbox_pair(job_id)
+        if send.statistics().current_buffer_used < 512:  # a full inbox wakes the collector anyway
+            send.send_nowait(("", None))
+
     def _inbox_pair(self, job_id: str) -> tuple[trio.MemorySendChannel[UnitEvent], Inbox]:
         if job_id not in self._inbox:
             self._inbox[job_id] = trio.open_memory_channel[UnitEvent](1024)
         return self._inbox[job_id]
-

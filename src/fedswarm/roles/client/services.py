@@ -21,11 +21,12 @@ from fedswarm.config import Settings
 from fedswarm.identity import Identity
 from fedswarm.learning.worker import TrainingWorker
 from fedswarm.ledger.audit import AuditLog
-from fedswarm.ledger.evm import Ledger
+from fedswarm.ledger.escrow import EscrowV2
+from fedswarm.ledger.evm import Ledger, TxReceipt
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.job import JobFinished
 from fedswarm.protocol.topics import job_topic
-from fedswarm.roles.client.records import ClientDB, JobRecord
+from fedswarm.roles.client.records import ChainTx, ClientDB, EscrowRecord, JobRecord
 from fedswarm.storage.base import ObjectStore
 
 log = logging.getLogger("fedswarm.client")
@@ -62,13 +63,14 @@ class ClientServices:
     """The client node's shared parts, handed to each phase (submission, bidding, rounds...)."""
 
     def __init__(self, node: Node, settings: Settings, home: Path, identity: Identity,
-                 store: ObjectStore, ledger: Ledger, audit: AuditLog) -> None:
+                 store: ObjectStore, ledger: Ledger, audit: AuditLog, escrow: EscrowV2) -> None:
         self.node = node
         self.settings = settings
         self.home = home
         self.identity = identity
         self.store = store
-        self.ledger = ledger
+        self.ledger = ledger  # v1: only to close jobs funded before v2
+        self.escrow = escrow  # v2: every new job
         self.audit = audit
         self.db = ClientDB(home / "client.sqlite")
         self._worker: TrainingWorker | None = None
@@ -91,6 +93,14 @@ class ClientServices:
         job.events.append({"ts": time.time(), "msg": text})
         del job.events[:-200]
         log.info("%s: %s", job.job_id, text)
+
+    def record_tx(self, job_id: str, kind: str, receipt: TxReceipt, note: str = "") -> EscrowRecord:
+        """Add a chain transaction to the job's escrow record (saved) and return the record."""
+        esc = self.db.get_escrow(job_id)
+        esc.txs.append(ChainTx(kind=kind, tx_hash=receipt.tx_hash, gas_used=receipt.gas_used,
+                               fee=receipt.fee, note=note))
+        self.db.put_escrow(job_id, esc)
+        return esc
 
     async def audit_entry(self, job: JobRecord, entry: dict[str, Any]) -> None:
         """Append ``entry`` to the job's audit topic; a failure is logged, never raised."""

@@ -41,6 +41,14 @@ def max_update_bytes(num_params: int) -> int:
     return int(num_params * 4 * 1.1) + (2 << 20)
 
 
+def update_files(job_dir: Path, r: int, unit: int) -> tuple[Path, Path]:
+    """Where the client keeps a unit's update: ``(ciphertext, plaintext)``. The ciphertext is
+    copied from the store when the delivery is receipted (the trainer could overwrite the
+    store's object afterwards); the plaintext appears once the trainer's key opened it."""
+    base = job_dir / "updates" / f"{r}-{unit}"
+    return base.with_suffix(".enc"), base.with_suffix(".safetensors")
+
+
 def unit_seed(job_seed: int, r: int, slot: int) -> int:
     """The seed of a unit: reproducible by the client for re-execution."""
     return (job_seed * 1_000_003 + r * 10_007 + slot) % (1 << 62)
