@@ -200,7 +200,27 @@ def cmd_status(args: argparse.Namespace) -> int:
         t2.add_row(tr["peer_id"][:20] + "…", tr["address"], str(tr["price_wei"]), str(tr["units_committed"]),
                    str(tr["units_accepted"]), str(tr["units_rejected"]), str(tr["paid_wei"]))
     con.print(t2)
+    refund = refund_line(job.get("escrow"))
+    if refund:
+        con.print(refund)
     return 0
+
+
+def refund_line(esc: dict[str, Any] | None) -> str | None:
+    """When the payer's unpaid escrow comes back, and how much came back once released."""
+    if not esc or not esc.get("job_key"):
+        return None
+    where = f"escrow {esc.get('contract')} job 0x{str(esc['job_key']).removeprefix('0x')}"
+    refunded = int(esc.get("refunded_wei") or 0)
+    if esc.get("released"):
+        return f"refund: {refunded} wei back to the payer; escrow released ({where})"
+    at = esc.get("refund_available_at")
+    if at:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(int(at)))
+        so_far = f"{refunded} wei refunded so far; " if refunded else ""
+        return (f"refund: {so_far}the rest not paid returns at release, from {stamp} "
+                f"(anyone may then run `fedswarm ledger release 0x{str(esc['job_key']).removeprefix('0x')}`)")
+    return f"refund: unpaid escrow returns after the job closes and its settle and claim windows pass ({where})"
 
 
 def _fmt(v: float | None) -> str:

@@ -273,6 +273,7 @@ function jobPage(jobId) {
       fact("State", h("span", { class: `state ${job.state}`, "data-testid": "job-state" }, job.state)),
       fact("Dataset", job.dataset || "—"), fact("Rounds", `${job.current_round} / ${job.rounds}`),
       fact("Escrow deposited", wei(job.deposited_wei)), fact("Paid to trainers", wei(job.paid_wei)),
+      fact("Refund", refundInfo(job.escrow)),
       fact("Final accuracy", num(job.final_metrics && job.final_metrics.accuracy)),
       fact("Audit topic", job.audit_topic || "—")),
     job.error ? alertBox(job.error, "job-error") : null,
@@ -317,6 +318,19 @@ function jobPage(jobId) {
 }
 
 function fact(k, v) { return h("div", {}, h("dt", {}, k), h("dd", {}, v)); }
+
+// What comes back to the payer: escrow not reserved returns when the job closes; what stays
+// reserved for trainers' receipts returns at the release time (after the settle and claim windows).
+function refundInfo(esc) {
+  if (!esc || !esc.job_key) return "—";
+  const soFar = Number(esc.refunded_wei || 0) > 0 ? `${wei(esc.refunded_wei)} refunded` : "";
+  if (esc.released) return h("span", { "data-testid": "refund" }, `${soFar || "nothing to refund"}; escrow released`);
+  if (esc.refund_available_at) {
+    return h("span", { "data-testid": "refund" }, `${soFar ? soFar + "; " : ""}the rest not paid returns from `,
+      h("time", { "data-testid": "refund-at" }, when(esc.refund_available_at)));
+  }
+  return h("span", { "data-testid": "refund" }, "unpaid escrow returns after the job closes (settle + claim windows)");
+}
 
 async function cancel(jobId, err) {
   if (!confirm(`Cancel job ${jobId}? Unspent escrow is refunded.`)) return;
