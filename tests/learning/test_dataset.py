@@ -328,14 +328,21 @@ def _good_parquet(tmp: Path) -> bytes:
     return p.read_bytes()
 
 
-@pytest.mark.parametrize("fmt", ["npz", "parquet", "csv"])
+def _good_text_parquet(tmp: Path) -> bytes:
+    p = tmp / "t.parquet"  # a dictionary-encoded string label: read through _DictionaryBudget
+    pq.write_table(pa.table({"a": np.arange(10.0), "label": [["cat", "dog"][i % 2] for i in range(10)]}), p)
+    return p.read_bytes()
+
+
+@pytest.mark.parametrize("fmt", ["npz", "parquet", "parquet-text", "csv"])
 def test_fuzzed_dataset_files_fail_with_one_line(tmp_path: Path, fmt: str) -> None:
     from hypothesis import HealthCheck, given, settings
     from hypothesis import strategies as st
 
     seeds = {"npz": _good_npz(tmp_path), "parquet": _good_parquet(tmp_path),
-             "csv": b"a,b,label\n1,2,0\n3,4,1\n5,6,0\n"}
+             "parquet-text": _good_text_parquet(tmp_path), "csv": b"a,b,label\n1,2,0\n3,4,1\n5,6,0\n"}
     seed = seeds[fmt]
+    fmt = fmt.split("-")[0]
 
     @settings(max_examples=120, deadline=None, suppress_health_check=list(HealthCheck))
     @given(cut=st.integers(0, len(seed)), flips=st.lists(st.tuples(st.integers(0, len(seed) - 1), st.integers(0, 255)),
@@ -350,3 +357,67 @@ def test_fuzzed_dataset_files_fail_with_one_line(tmp_path: Path, fmt: str) -> No
         _fuzz_read(p)
 
     run()
+
+
+def _dictionary_bomb(path: Path, rows: int = 2000, value_bytes: int = 1 << 18) -> None:
+    """A Parquet file of a few KB whose dictionary-encoded label decodes to rows x value_bytes."""
+    labels = pa.DictionaryArray.from_arrays(pa.array(np.arange(rows) % 2, pa.int32()),
+                                            pa.array(["a" * value_bytes, "b" * value_bytes]))
+    pq.write_table(pa.table({"x": np.arange(rows, dtype=np.float64), "label": labels.cast(pa.string())}), path,
+                   compression="zstd", store_schema=False)
+
+
+_DICT_RSS_SCRIPT = r"""
+import json, sys
+import pyarrow as pa
+from fedswarm.learning import dataset as ds
+run = ds.dry_run(sys.argv[1], "label", features=["x"])
+print(json.dumps({"peak": pa.default_memory_pool().max_memory(), "y0": len(run.y[0])}))
+"""
+
+
+def test_parquet_dictionary_label_bomb_decodes_in_bounded_pieces(tmp_path: Path) -> None:
+    p = tmp_path / "bomb.parquet"
+    _dictionary_bomb(p)  # 500 MiB of label text
+    meta = pq.ParquetFile(p).metadata
+    assert p.stat().st_size < 20_000 and meta.row_group(0).total_byte_size < (1 << 20)  # metadata says ~0.5 MiB
+    # A dry run reads one piece: at most max_batch_bytes (32 MiB) of decoded labels, where
+    # pyarrow's own decoding of one batch took ~800 MiB. Fresh process: the pool's peak is ours.
+    proc = subprocess.run([sys.executable, "-c", _DICT_RSS_SCRIPT, str(p)], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert out["y0"] == 1 << 18
+    assert out["peak"] < 80 << 20, out
+    # The whole file's decoded labels count against max_bytes; one value against max_line_bytes.
+    with pytest.raises(ds.DatasetError, match="decodes to more than") as exc:
+        ds.prepare_dataset(p, tmp_path / "out", label="label", features=["x"], limits=ds.IngestLimits(max_bytes=64 << 20))
+    assert "\n" not in str(exc.value)
+    with pytest.raises(ds.DatasetError, match="holds a value of 262144 bytes"):
+        ds.dry_run(p, "label", features=["x"], limits=ds.IngestLimits(max_line_bytes=1 << 16))
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_parquet_dictionary_label_caps_distinct_values(tmp_path: Path) -> None:
+    p = tmp_path / "many.parquet"
+    pq.write_table(pa.table({"x": np.arange(500.0), "label": [f"c{i % 50}" for i in range(500)]}), p)
+    with pytest.raises(ds.DatasetError, match="dictionary of 50 values, over the cap of 10"):
+        ds.dry_run(p, "label", features=["x"], limits=ds.IngestLimits(max_classes=10))
+
+
+def test_parquet_dictionary_label_split_into_pieces_keeps_every_row(tmp_path: Path) -> None:
+    p = tmp_path / "text.parquet"
+    n = 3000
+    rng = np.random.default_rng(3)
+    x = rng.normal(size=n)
+    y = rng.choice(["cat" * 50, "dog" * 50, "eel" * 50], size=n)
+    pq.write_table(pa.table({"x": x, "label": y}), p, row_group_size=1000)
+    # ~154 bytes a row: a 64 KiB budget cuts each 1000-row batch into three pieces.
+    small = ds.IngestLimits(max_batch_bytes=64 << 10)
+    pieces = list(ds.open_source(p, small).batches(["x"], "label"))
+    assert len(pieces) > 3 and sum(len(b[1]) for b in pieces) == n
+    assert all(not isinstance(b[1], pa.DictionaryArray) for b in pieces)
+    assert np.array_equal(np.concatenate([b[0][:, 0] for b in pieces]), x)
+    assert sum((b[1].to_pylist() for b in pieces), []) == list(y)
+    prep = ds.prepare_dataset(p, tmp_path / "out", label="label", features=["x"], num_chunks=2, seed=1, limits=small)
+    assert prep.total_rows == n
+    assert prep.class_counts == {c: int((y == c).sum()) for c in sorted(set(y))}
