@@ -261,6 +261,22 @@ async def test_a_part_over_its_cap_is_refused_and_removed(tmp_path: Path) -> Non
     assert role.submitted == [] and uploads_left(role) == []
 
 
+async def test_deeply_nested_model_or_terms_is_a_400_and_the_node_stays_up(tmp_path: Path) -> None:
+    app, role, _ = make(tmp_path)
+    bomb = b"[" * 100_000  # 100 KB: json.loads alone raises RecursionError (or overflows the C stack)
+    async with client(app) as c:
+        r = await c.post("/api/v1/jobs", files=job_files(model=bomb), data={"terms": "{}"})
+        assert r.status_code == 400 and "deeper than 32" in one_line_error(r)
+        r = await c.post("/api/v1/jobs", files=job_files(), data={"terms": "[" * 60_000})
+        assert r.status_code == 400 and "bad terms" in one_line_error(r)
+        assert role.submitted == [] and uploads_left(role) == []
+        # still serving: the next good submission goes through
+        r = await c.post("/api/v1/jobs", files=job_files(), data={"terms": "{}"})
+        assert r.status_code == 200 and r.json()["job_id"] == "job-new"
+        assert (await c.get("/status")).status_code == 200
+    assert len(role.submitted) == 1
+
+
 def raw_multipart(filename: bytes, boundary: bytes = b"XyZ") -> bytes:
     return (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"dataset\"; filename=\"" + filename
             + b"\"\r\nContent-Type: text/csv\r\n\r\na,label\n1,0\n\r\n--" + boundary + b"\r\n"

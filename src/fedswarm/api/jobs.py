@@ -25,6 +25,7 @@ from fedswarm.api.guard import Refusal, max_body
 from fedswarm.api.uploads import UploadError, UploadForm, UploadLimits, read_form, remove_tree
 from fedswarm.examples import example_specs
 from fedswarm.p2p.node import Rejected
+from fedswarm.protocol.decode import DecodeError, decode_json
 from fedswarm.roles.client import (
     TERMINAL,
     ClientRole,
@@ -47,9 +48,13 @@ COLUMNS_FORM = UploadLimits(files={"dataset": MAX_UPLOAD}, fields={})
 
 
 def parse_terms(raw: str | dict[str, Any] | None) -> JobTerms:
+    """Job terms from a form field or a /command argument (JSON text through the bounded
+    decoder) or an already decoded object. Raises :class:`ApiError` (400, one line)."""
     try:
-        data = json.loads(raw) if isinstance(raw, str) else (raw or {})
+        data = decode_json(raw, max_bytes=MAX_FORM_FIELD, what="terms") if isinstance(raw, str) else (raw or {})
         return JobTerms.model_validate(data)
+    except DecodeError as exc:
+        raise ApiError(f"bad terms: {exc}") from None
     except (ValueError, ValidationError) as exc:
         if isinstance(exc, ValidationError):
             first = exc.errors()[0]
@@ -146,10 +151,11 @@ def job_parts(role: ClientRole) -> RoleParts:
         return form
 
     def load_model(raw: bytes, name: str) -> dict[str, Any]:
+        # Through the bounded decoder: 100 KB of "[" is a 400, not a RecursionError.
         try:
-            model = json.loads(raw)
-        except (UnicodeDecodeError, ValueError):
-            raise ApiError(f"model file {name} is not JSON (a fedswarm-seq/1 spec or an exported graph)") from None
+            model = decode_json(raw, max_bytes=MAX_MODEL_UPLOAD, what=f"model file {name[:80]}")
+        except DecodeError as exc:
+            raise ApiError(f"{exc} (send a fedswarm-seq/1 spec or an exported graph)") from None
         if not isinstance(model, dict):
             raise ApiError("the model must be a JSON object")
         return model
@@ -304,7 +310,9 @@ def job_parts(role: ClientRole) -> RoleParts:
             raise ApiError(f"model {args[1]} not found")
         terms = parse_terms(args[2] if len(args) > 2 else None)
         try:
-            job_id = await role.submit(Path(args[0]), load_model(spec_path.read_bytes(), spec_path.name), terms)
+            with spec_path.open("rb") as fh:  # at most one byte over the cap: load_model refuses it
+                raw = fh.read(MAX_MODEL_UPLOAD + 1)
+            job_id = await role.submit(Path(args[0]), load_model(raw, spec_path.name), terms)
         except SubmitError as exc:
             raise ApiError(str(exc)) from None
         return {"status": "ok", "job_id": job_id}
