@@ -91,6 +91,27 @@ async def test_never_settle_client_sends_nothing_to_the_chain() -> None:
         assert getattr(NeverSettleClient, seam) is not getattr(ClientRole, seam)
 
 
+def test_misregistering_clients_register_their_trainers_wrongly() -> None:
+    from eth_account import Account
+
+    from fedswarm.testing.client import MisregisteringClient, UnregisteringClient
+
+    bids = [{"address": Account.create().address, "price_wei": 1000}]
+    job: Any = SimpleNamespace(terms=SimpleNamespace(rounds=4), chosen=bids, standby=bids)
+    honest = ClientRole.fund_trainers(object.__new__(ClientRole), job)
+    assert [(t.trainer, t.price, t.units) for t in honest] == [(bids[0]["address"], 1000, 6),
+                                                               (bids[0]["address"], 1000, 3)]
+
+    cheap = MisregisteringClient.fund_trainers(object.__new__(MisregisteringClient), job)
+    assert [(t.trainer, t.price, t.units) for t in cheap] == [(t.trainer, 999, t.units) for t in honest]
+    strangers = UnregisteringClient.fund_trainers(object.__new__(UnregisteringClient), job)
+    assert [t.price for t in strangers] == [1000, 1000]
+    assert not {t.trainer for t in strangers} & {bids[0]["address"]}
+    for fault in ("misregister-price", "misregister-absent"):
+        args = testing_node.build_parser().parse_args(["node", "client", "--fault", fault])
+        assert args.fault == fault
+
+
 def test_the_normal_node_command_knows_no_faults(capsys: pytest.CaptureFixture[str]) -> None:
     parser = build_parser()
     assert parser.parse_args(["node", "trainer"]).role == "trainer"

@@ -39,6 +39,9 @@ class ClientFault(StrEnum):
     """How a faulty client misbehaves (the double is in :mod:`fedswarm.testing.client`)."""
 
     NEVER_SETTLE = "never-settle"  # never pays: its trainers must claim after the settle window
+    # Funds the job but registers its trainers wrongly on chain: they must refuse to work.
+    MISREGISTER_PRICE = "misregister-price"  # each trainer at 1 wei less than it bid
+    MISREGISTER_ABSENT = "misregister-absent"  # strangers' addresses instead of the trainers'
 
 
 class FaultyTrainer(Trainer):

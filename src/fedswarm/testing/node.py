@@ -30,7 +30,7 @@ def build_parser() -> argparse.ArgumentParser:
     faults = [f.value for f in TrainerFault] + [f.value for f in ClientFault]
     node.add_argument("--fault", required=True, choices=faults,
                       help="trainer: poison, lazy, sybil-lazy, copy, copy-source, inflate-samples, "
-                           "reverse; client: never-settle")
+                           "reverse; client: never-settle, misregister-price, misregister-absent")
     return parser
 
 
@@ -43,10 +43,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(["node", *(sys.argv[1:] if argv is None else argv)])
     if args.role == "trainer" and args.fault in {f.value for f in TrainerFault}:
         classes: dict[str, type] = {"trainer_cls": faulty_trainer_class(args.fault)}
-    elif args.role == "client" and args.fault == ClientFault.NEVER_SETTLE:
-        from fedswarm.testing.client import NeverSettleClient  # imports the client role only here
+    elif args.role == "client" and args.fault in {f.value for f in ClientFault}:
+        from fedswarm.testing.client import CLIENT_DOUBLES  # imports the client role only here
 
-        classes = {"client_cls": NeverSettleClient}
+        classes = {"client_cls": CLIENT_DOUBLES[ClientFault(args.fault)]}
     else:
         parser.error(f"a {args.role} node has no fault {args.fault!r}")
     setup_logging(args.log_level, bool(args.log_json))

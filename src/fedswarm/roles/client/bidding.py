@@ -15,6 +15,7 @@ import json
 import math
 import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 import trio
@@ -65,8 +66,10 @@ def job_quote(job: JobRecord) -> Quote:
 class Bidding:
     """Announces jobs, takes bids (the ``Bid`` RPC), selects trainers and escrows their pay."""
 
-    def __init__(self, svc: ClientServices) -> None:
+    def __init__(self, svc: ClientServices,
+                 trainer_terms: Callable[[JobRecord], list[ChainTrainer]] = fund_trainers) -> None:
         self.svc = svc
+        self.trainer_terms = trainer_terms  # what funding registers (a test double's seam)
         self._bids: dict[str, dict[str, Bid]] = {}  # job -> bidder peer -> bid (in memory only)
         self._announces: dict[str, JobAnnounce] = {}
 
@@ -160,7 +163,7 @@ class Bidding:
             job.job_key = job_key_of(job.payer, job.nonce).hex()
             svc.db.put_job(job)
         key = bytes.fromhex(job.job_key)
-        trainers = fund_trainers(job)
+        trainers = self.trainer_terms(job)
         amount = sum(t.price * t.units for t in trainers)
         view = await in_thread(esc.job, key)
         if view.status == JobStatusV2.NONE:

@@ -28,13 +28,13 @@ from fedswarm.config import Settings
 from fedswarm.identity import Identity
 from fedswarm.ledger.audit import AuditLog
 from fedswarm.ledger.audit_factory import make_audit_log
-from fedswarm.ledger.escrow import EscrowV2, SettleOutcome, Verdict
+from fedswarm.ledger.escrow import EscrowV2, SettleOutcome, TrainerTerms, Verdict
 from fedswarm.ledger.evm import Ledger, TxReceipt
 from fedswarm.ledger.factory import make_escrow, make_ledger
 from fedswarm.p2p.node import Node, Rejected
 from fedswarm.protocol.job import Bid, UnitDone, UnitFailed, UpdateKey
 from fedswarm.protocol.messages import Role
-from fedswarm.roles.client.bidding import Bidding
+from fedswarm.roles.client.bidding import Bidding, fund_trainers
 from fedswarm.roles.client.exchange import Exchange
 from fedswarm.roles.client.finish import FUNDED_STATES, Finish
 from fedswarm.roles.client.records import TERMINAL, JobRecord, JobState, JobTerms
@@ -66,7 +66,7 @@ class ClientRole:
         self._cancel_requested: set[str] = set()
         self._running: set[str] = set()  # jobs a drive() task is working on
         self.submission = Submission(svc)
-        self.bidding = Bidding(svc)
+        self.bidding = Bidding(svc, self.fund_trainers)
         self.review = Review(svc, JobStrategies(svc.job_dir))
         self.settler = Settler(svc, self.submit_verdicts, self.complete_job)
         self.rounds = Rounds(svc, self.review, self._round_checked, self._cancel_requested.__contains__)
@@ -119,6 +119,11 @@ class ClientRole:
             self._running.discard(job_id)
 
     # ---------------------------------------------------------------- the settlement seam
+
+    def fund_trainers(self, job: JobRecord) -> list[TrainerTerms]:
+        """The trainers the funding transaction registers: chosen then standbys, each at its
+        bid price (a test double registers them wrongly here; trainers must refuse to work)."""
+        return fund_trainers(job)
 
     async def submit_verdicts(self, job: JobRecord, batch: list[Verdict]) -> SettleOutcome | None:
         """Put one batch of verdicts on chain (the settler sizes it); None when nothing was
