@@ -99,10 +99,31 @@ def api_base(args: argparse.Namespace) -> str:
 
 
 def _headers(args: argparse.Namespace) -> dict[str, str]:
+    """The credential for the client node's API: ``--token``, else ``FEDSWARM_API_TOKEN``, else
+    the node's per-start local secret (HOME/api-secret, 0600) when we can read it: the guard
+    takes it as the token, so the node's owner gets ``/command train`` and the decrypted
+    result from the CLI without configuring one."""
     import os
 
-    token = getattr(args, "token", None) or os.environ.get("FEDSWARM_API_TOKEN")
+    token = getattr(args, "token", None) or os.environ.get("FEDSWARM_API_TOKEN") or _local_secret(args)
     return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def _local_secret(args: argparse.Namespace) -> str | None:
+    """The local secret of the node at ``--home``, only if that node is the one we call: the
+    secret is never sent to another API (an explicit ``--api`` elsewhere gets none)."""
+    from fedswarm.api.guard import read_local_secret
+    from fedswarm.config import load_settings, read_node_info
+
+    home = load_settings(FEDSWARM_HOME=getattr(args, "home", None)).node_home("client")
+    try:
+        node_api = str(read_node_info(home)["api"]).rstrip("/")
+    except (ConfigError, KeyError, TypeError, OSError, ValueError):
+        return None
+    api = getattr(args, "api", None)
+    if api and api.rstrip("/") != node_api:
+        return None
+    return read_local_secret(home)
 
 
 def _call(method: str, url: str, args: argparse.Namespace, **kw: Any) -> Any:

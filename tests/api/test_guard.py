@@ -12,6 +12,7 @@ from typing import Any
 
 import httpx
 import pytest
+import trio
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -186,6 +187,48 @@ async def test_train_command_with_server_paths_needs_the_token(tmp_path: Path) -
         assert r.status_code == 200 and role.submitted[0][0] == secret
 
 
+def test_cli_sends_the_local_secret_of_the_node_it_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`fedswarm job ...` finds HOME/api-secret beside HOME/node.json and sends it: the node's
+    owner gets /command train and the decrypted result without configuring a token."""
+    import argparse
+
+    from fedswarm import commands_job
+    from fedswarm.api.guard import write_local_secret
+    from fedswarm.config import ConfigError
+
+    monkeypatch.delenv("FEDSWARM_API_TOKEN", raising=False)
+    app, role, guard = make(tmp_path)
+    (role.home / "node.json").write_text(json.dumps({"api": BASE}))
+    data = tmp_path / "data.csv"
+    data.write_text("a,label\n1,0\n")
+    train = {"cmd": "train", "args": [str(data), "breast_cancer", {}]}
+    args = argparse.Namespace(api=None, home=role.home, token=None)
+
+    def request(method: str, url: str, headers: dict[str, str], timeout: float, **kw: Any) -> httpx.Response:
+        async def go() -> httpx.Response:  # the CLI's sync call, answered by the app in-process
+            async with client(app) as c:
+                r = await c.request(method, url, headers=headers, **kw)
+                await r.aread()
+                return r
+        return trio.run(go)
+
+    monkeypatch.setattr(commands_job.httpx, "request", request)
+    # no secret written yet: the guard refuses, as it would a stranger's process
+    with pytest.raises(ConfigError, match="token"):
+        commands_job._call("POST", f"{BASE}/command", args, json=train)
+    write_local_secret(role.home, guard.local_secret)
+    assert commands_job._headers(args) == {"Authorization": f"Bearer {guard.local_secret}"}
+    out = commands_job._call("POST", f"{BASE}/command", args, json=train).json()
+    assert out["job_id"] == "job-new" and role.submitted[0][0] == data
+    got = commands_job._call("GET", f"{BASE}/api/v1/jobs/job-1/result", args)
+    assert got.content == b"decrypted weights" and role.results_served == 1
+    # another API than the node at --home never gets this node's secret; a token wins over it
+    assert commands_job._headers(argparse.Namespace(api="http://127.0.0.1:9", home=role.home, token=None)) == {}
+    assert commands_job._headers(argparse.Namespace(api=BASE + "/", home=role.home, token=None)) != {}
+    assert commands_job._headers(argparse.Namespace(api=None, home=role.home, token="tok")) == {"Authorization": "Bearer tok"}
+    assert commands_job._headers(argparse.Namespace(api=None, home=tmp_path / "nowhere", token=None)) == {}
+
+
 async def test_token_on_loopback_guards_changes_and_the_session_exchange(tmp_path: Path) -> None:
     app, role, _ = make(tmp_path, token="tok")
     async with client(app) as c:
@@ -347,7 +390,6 @@ def multipart_bodies(draw: st.DrawFn) -> bytes:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=multipart_bodies())
 def test_fuzzed_multipart_never_crashes_and_leaves_nothing(tmp_path_factory: pytest.TempPathFactory, body: bytes) -> None:
-    import trio
 
     app, role, _ = make(tmp_path_factory.mktemp("fuzz"))
 
