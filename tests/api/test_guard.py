@@ -390,7 +390,6 @@ def multipart_bodies(draw: st.DrawFn) -> bytes:
 @settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(body=multipart_bodies())
 def test_fuzzed_multipart_never_crashes_and_leaves_nothing(tmp_path_factory: pytest.TempPathFactory, body: bytes) -> None:
-
     app, role, _ = make(tmp_path_factory.mktemp("fuzz"))
 
     async def run() -> httpx.Response:

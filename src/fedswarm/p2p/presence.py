@@ -1,0 +1,225 @@
+"""Presence, liveness and reconnect for :class:`~fedswarm.p2p.node.Node` (a mixin).
+
+py-libp2p has no liveness and never redials, so a node publishes heartbeats on the presence
+topic, keeps a directory from them (or from the bootstrap's mesh summary), and redials the
+bootstrap and the peers it keeps links with (:func:`~fedswarm.p2p.directory.keeps_link`): links
+form a star around the bootstrap and the clients. Kept apart from the node's host, RPC and
+pubsub plumbing so that each part reads on its own.
+"""
+
+from __future__ import annotations
+
+import collections
+import logging
+import time
+from typing import TYPE_CHECKING, Any
+
+import multiaddr
+import trio
+
+from fedswarm.p2p.directory import Directory, keeps_link
+from fedswarm.p2p.limits import PeerLimits
+from fedswarm.p2p.rpc import RpcError
+from fedswarm.protocol.messages import (
+    Capabilities,
+    Heartbeat,
+    MeshRequest,
+    MeshSummary,
+    PeerEntry,
+    Role,
+    WireModel,
+)
+from fedswarm.protocol.topics import DIRECTORY_TOPIC, PRESENCE_TOPIC
+
+log = logging.getLogger("fedswarm.p2p")
+
+
+class Presence:
+    """Heartbeats, the mesh summary, the validators of the presence topics and the reconnect
+    loop. Mixed into :class:`~fedswarm.p2p.node.Node`, which provides the state below."""
+
+    # State the node sets up in its ``__init__`` (declared here for type checkers).
+    peer_id: str
+    role: Role
+    host: Any
+    capabilities: Capabilities | None
+    price_wei: int | None
+    api_addr: str | None
+    bootstrap_addrs: list[str]
+    bootstrap_ids: set[str]
+    heartbeat_interval: float
+    directory: Directory
+    limits: PeerLimits
+    stats: collections.Counter[str]
+    last_summary: MeshSummary | None
+    _hb_seq: int
+    _bootstrap_heard_at: float
+    _bootstrap_reset_at: float
+
+    if TYPE_CHECKING:  # provided by the node's host, RPC and pubsub parts
+        @property
+        def addrs(self) -> list[str]: ...
+        @property
+        def topics(self) -> list[str]: ...
+        async def publish(self, topic: str, msg: WireModel | bytes, *, presence: bool = False) -> None: ...
+        async def request(self, peer_id: str, msg: WireModel, blob: bytes | None = None, *,
+                          timeout: float | None = None,
+                          expect: tuple[type[WireModel], ...] | None = None) -> tuple[WireModel, bytes | None]: ...
+        async def _drop_connections(self, peer_id: str) -> None: ...
+
+    def heartbeat(self) -> Heartbeat:
+        self._hb_seq += 1
+        return Heartbeat(
+            peer_id=self.peer_id,
+            role=self.role,
+            addrs=self.addrs[:16],
+            api=self.api_addr,
+            topics=self.topics[:256],
+            capabilities=self.capabilities,
+            price_wei=self.price_wei,
+            seq=self._hb_seq,
+        )
+
+    async def _heartbeat_loop(self) -> None:
+        while True:
+            await self.publish(PRESENCE_TOPIC, self.heartbeat(), presence=True)
+            # Nodes that do not hear heartbeats (trainers) keep their directory from this one
+            # summary per heartbeat: one message of N entries instead of N messages.
+            if self.role == Role.BOOTSTRAP:
+                await self.publish(DIRECTORY_TOPIC, self.mesh_summary(), presence=True)
+            self.directory.expire()
+            await trio.sleep(self.heartbeat_interval)
+
+    def _validate_market(self, sender: str, msg: WireModel) -> bool:
+        if isinstance(msg, Heartbeat):
+            return msg.peer_id == sender  # nobody speaks for another peer
+        if isinstance(msg, MeshSummary):
+            return sender in self.bootstrap_ids
+        return True
+
+    def _validate_directory(self, sender: str, msg: WireModel) -> bool:
+        return isinstance(msg, MeshSummary) and sender in self.bootstrap_ids
+
+    async def _on_market(self, sender: str, msg: Any) -> None:
+        if sender in self.bootstrap_ids:
+            self._bootstrap_heard_at = time.monotonic()
+        if isinstance(msg, Heartbeat):
+            self.directory.observe(msg)
+        elif isinstance(msg, MeshSummary):
+            self.last_summary = msg
+            self.directory.merge_summary(msg.peers, self.peer_id)
+
+    def self_entry(self) -> PeerEntry:
+        hb = self.heartbeat()
+        return PeerEntry(age_s=0.0,
+            peer_id=self.peer_id, role=self.role, addrs=hb.addrs, topics=hb.topics,
+            capabilities=self.capabilities, price_wei=self.price_wei, last_seen=time.monotonic(),
+        )
+
+    def mesh_summary(self) -> MeshSummary:
+        """This node's view: itself plus every online peer it has heard."""
+        return MeshSummary(peers=[self.self_entry(), *self.directory.entries()], at=time.time())
+
+    async def bootmesh(self, timeout: float = 5.0) -> MeshSummary:
+        """The bootstrap's mesh summary (by RPC; the last one heard on the market topic if the
+        bootstrap does not answer; our own view if we are the bootstrap)."""
+        if self.role == Role.BOOTSTRAP or not self.bootstrap_ids:
+            return self.mesh_summary()
+        for bid in self.bootstrap_ids:
+            try:
+                reply, _ = await self.request(bid, MeshRequest(), timeout=timeout, expect=(MeshSummary,))
+                return reply  # type: ignore[return-value]
+            except RpcError as exc:
+                log.debug("bootmesh from %s failed: %s", bid, exc)
+        if self.last_summary is not None:
+            return self.last_summary
+        return self.mesh_summary()
+
+    def connected_peers(self) -> list[str]:
+        return [p.to_base58() for p in self.host.get_connected_peers()] if self.host else []
+
+    async def _reconnect_loop(self) -> None:
+        # py-libp2p never redials: after a bootstrap restart peers stay apart for good and a
+        # 60 s negative dial cache blocks redials (notes, item 8). Unblock and dial ourselves.
+        while True:
+            targets: dict[str, list[str]] = {}
+            for addr in self.bootstrap_addrs:
+                pid = multiaddr.Multiaddr(addr).value_for_protocol("p2p")
+                targets.setdefault(pid, []).append(addr)
+            for rec in self.directory.records(online_only=True):
+                # Only one side of a pair dials: two simultaneous dials leave py-libp2p with
+                # duplicate connections, one of which can be half-dead, and streams opened on
+                # it hang until their timeout. Everyone dials the bootstrap (never the other
+                # way round); between other peers the smaller peer id dials.
+                if self.role == Role.BOOTSTRAP or rec.role == Role.BOOTSTRAP:
+                    continue
+                if not keeps_link(self.role, rec.role):
+                    continue
+                if self.peer_id < rec.peer_id:
+                    targets.setdefault(rec.peer_id, []).extend(rec.addrs)
+            await self._prune_duplicate_connections()
+            await self._reset_silent_bootstrap_link()
+            connected = set(self.connected_peers())
+            missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
+            if missing:
+                async with trio.open_nursery() as n:
+                    for pid, addrs in list(missing.items())[:32]:
+                        n.start_soon(self._dial, pid, addrs)
+            await trio.sleep(1.0)
+
+    async def _reset_silent_bootstrap_link(self) -> None:
+        """Drop our connections to the bootstrap when nothing of it (its summary comes every
+        heartbeat) has arrived for a while: py-libp2p can keep a connection whose handshake
+        timed out under load, "connected" but carrying nothing, and would never redial."""
+        if self.role == Role.BOOTSTRAP or not self.bootstrap_ids:
+            return
+        now = time.monotonic()
+        silence = max(10.0, 3 * self.directory.timeout)
+        if now - self._bootstrap_heard_at < silence or now - self._bootstrap_reset_at < silence:
+            return
+        self._bootstrap_reset_at = now
+        self.stats["bootstrap_link_resets"] += 1
+        log.info("nothing heard from the bootstrap for %.0f s: redialling it", now - self._bootstrap_heard_at)
+        for bid in self.bootstrap_ids:
+            await self._drop_connections(bid)
+
+    async def _prune_duplicate_connections(self) -> None:
+        """Keep one connection per peer, the same one on both sides: the one the smaller peer
+        id initiated. py-libp2p keeps both after a simultaneous dial and may open streams on
+        one the other side has given up on (they then hang until their timeout)."""
+        try:
+            conns_by_peer = self.host.get_network().get_connections_map()
+        except Exception:
+            return
+        for pid, conns in list(conns_by_peer.items()):
+            if len(conns) < 2:
+                continue
+            i_am_smaller = self.peer_id < pid.to_base58()
+            keep = [c for c in conns if bool(getattr(c.muxed_conn, "is_initiator_value", False)) == i_am_smaller]
+            if not keep:
+                continue
+            for conn in conns:
+                if conn not in keep[:1]:
+                    self.stats["duplicate_connections_closed"] += 1
+                    with trio.move_on_after(2):
+                        try:
+                            await conn.close()
+                        except Exception as exc:
+                            log.debug("closing a duplicate connection to %s failed: %r", pid, exc)
+
+    async def _dial(self, peer_id: str, addrs: list[str]) -> None:
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerinfo import PeerInfo
+
+        if self.limits.is_banned(peer_id):
+            return
+        try:
+            pid = ID.from_base58(peer_id)
+            maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+            self.host.get_network().unblock_peer(pid)
+            with trio.move_on_after(3.0):
+                await self.host.connect(PeerInfo(pid, maddrs))
+                self.stats["dials_ok"] += 1
+        except Exception as exc:
+            self.stats["dials_failed"] += 1
+            log.debug("dial %s failed: %r", peer_id, exc)
