@@ -81,6 +81,11 @@ class Thresholds:
     # honest own share removed minus validation share removed: >= -0.15
     min_own_gap: float = -0.35
     doubt_min_own_gap: float = -0.2
+    # the own-chunk statistics are judged only when the reference removed at least this share
+    # of its own chunk's loss: a reference that made its chunk worse (an overshooting learning
+    # rate: the 85k benchmark cell at lr 0.05) is no yardstick for "a fair share" (honest units
+    # there measured own shares down to -1e4 against the 1e-4 floor)
+    min_reference_own_drop: float = 0.01
     # honest cosine between two trainers' deltas on different chunks <= 0.945
     copy_cosine: float = 0.98
     # copies: the owner's advantage (share removed on its chunk minus on the other's chunk);
@@ -262,15 +267,38 @@ def sketch(vec: np.ndarray, seed: int, size: int = SKETCH_SIZE) -> np.ndarray:
     within about ``1/sqrt(size)`` relative error: enough to tell "nearly equal" (distance ~0)
     from honest distances, in ``size`` floats per update instead of the whole model."""
     v = np.asarray(vec, dtype=np.float64).ravel()
-    rng = np.random.default_rng(seed)
     out = np.zeros(size, dtype=np.float64)
-    step = 1 << 20  # bounded temporaries for big models
-    for start in range(0, v.size, step):
-        part = v[start : start + step]
-        buckets = rng.integers(0, size, part.size)
-        signs = rng.integers(0, 2, part.size) * 2.0 - 1.0
+    for start, buckets, signs in _sketch_plan(seed, size, v.size):
+        part = v[start : start + buckets.size]
         out += np.bincount(buckets, weights=part * signs, minlength=size)
     return out
+
+
+_PLANS: dict[tuple[int, int, int], list[tuple[int, np.ndarray, np.ndarray]]] = {}
+_STEP = 1 << 20  # bounded temporaries for big models
+_MAX_PLANNED = 1 << 24  # models up to 16M parameters keep their plan (about 3 bytes a weight)
+
+
+def _sketch_plan(seed: int, size: int, n: int) -> list[tuple[int, np.ndarray, np.ndarray]]:
+    """The buckets and signs of a sketch, per block of ``_STEP`` coordinates, drawn in the same
+    order as always (so stored sketches stay comparable) and kept for the last few shapes: a
+    review sketches every update of a round with the same seed and length."""
+    key = (seed, size, n)
+    plan = _PLANS.get(key)
+    if plan is not None:
+        return plan
+    rng = np.random.default_rng(seed)
+    plan = []
+    for start in range(0, n, _STEP):
+        m = min(_STEP, n - start)
+        buckets = rng.integers(0, size, m)
+        signs = rng.integers(0, 2, m) * 2.0 - 1.0
+        plan.append((start, buckets.astype(np.uint16 if size <= 1 << 16 else np.int64), signs.astype(np.int8)))
+    if n <= _MAX_PLANNED:
+        if len(_PLANS) >= 4:
+            _PLANS.pop(next(iter(_PLANS)))
+        _PLANS[key] = plan
+    return plan
 
 
 @dataclass
@@ -291,20 +319,22 @@ class UpdateHistory:
     keep_rounds: int = 8
     entries: deque[_Seen] = field(default_factory=deque)
 
-    def add(self, round_index: int, unit_id: str, trainer: str, params: np.ndarray) -> None:
-        """Remember one update of ``round_index``; forget rounds older than ``keep_rounds``."""
-        self.entries.append(_Seen(round_index, unit_id, trainer, params_hash(params),
-                                  sketch(params, self.seed)))
+    def add(self, round_index: int, unit_id: str, trainer: str, params: np.ndarray, *,
+            digest: str | None = None, params_sketch: np.ndarray | None = None) -> None:
+        """Remember one update of ``round_index``; forget rounds older than ``keep_rounds``.
+        ``digest`` and ``params_sketch``: its :func:`params_hash` and sketch, if known already."""
+        self.entries.append(_Seen(round_index, unit_id, trainer, digest or params_hash(params),
+                                  sketch(params, self.seed) if params_sketch is None else params_sketch))
         while self.entries and self.entries[0].round_index <= round_index - self.keep_rounds:
             self.entries.popleft()
 
     def find_replay(
         self, round_index: int, params: np.ndarray, scale: float, max_distance: float,
-        *, params_sketch: np.ndarray | None = None,
+        *, params_sketch: np.ndarray | None = None, digest: str | None = None,
     ) -> _Seen | None:
         """An earlier round's update equal to ``params`` (same hash) or within ``max_distance x
         scale`` of it in sketch space (``scale``: the norm of this round's reference delta)."""
-        digest = params_hash(params)
+        digest = digest or params_hash(params)
         sk = sketch(params, self.seed) if params_sketch is None else params_sketch
         for old in self.entries:
             if old.round_index >= round_index:

@@ -84,6 +84,9 @@ class ReviewReport:
     copies: dict[str, str] = field(default_factory=dict)
     weight_flags: dict[str, str] = field(default_factory=dict)
     evaluations: int = 0
+    # The share of its own chunk's loss the reference removed; below
+    # ``Thresholds.min_reference_own_drop`` the own-chunk statistics are not judged this round.
+    reference_own_drop: float | None = None
 
     @property
     def accepted(self) -> list[str]:
@@ -97,7 +100,8 @@ class ReviewReport:
 
     def evidence(self, unit_id: str) -> dict[str, object]:
         """The numbers behind a unit's verdict, for the audit topic."""
-        out: dict[str, object] = {"reference": self.reference, "weight": self.weights.get(unit_id)}
+        out: dict[str, object] = {"reference": self.reference, "weight": self.weights.get(unit_id),
+                                  "reference_own_drop": self.reference_own_drop}
         if unit_id in self.stats:
             out["stats"] = self.stats[unit_id].as_dict()
         if unit_id in self.copies:
@@ -107,8 +111,13 @@ class ReviewReport:
         return out
 
 
-def _bounds(st: UnitStats, t: Thresholds) -> tuple[list[str], bool]:
-    """Failures (reasons) and whether any statistic lies in a doubt band (either side)."""
+def _bounds(st: UnitStats, t: Thresholds, own_void: bool = False) -> tuple[list[str], bool]:
+    """Failures (reasons) and whether any statistic lies in a doubt band (either side).
+
+    ``own_void``: the reference itself did not lower its own chunk's loss this round (a high
+    learning rate overshooting, say), so "a fair share of what the reference achieves" means
+    nothing: the own-chunk statistics are not judged, and the unit counts as doubtful (it is
+    re-executed within the budget); norm, direction and validation loss still are."""
     # (name, value, reject bound, doubt bound, lower bound?)
     rows = [
         ("delta norm ratio to the reference", st.norm_ratio, t.min_norm_ratio, t.doubt_min_norm_ratio, True),
@@ -118,7 +127,9 @@ def _bounds(st: UnitStats, t: Thresholds) -> tuple[list[str], bool]:
         ("own-chunk loss share removed vs the reference", st.own_share, t.min_own_share, t.doubt_min_own_share, True),
         ("own-chunk minus validation share removed", st.own_gap, t.min_own_gap, t.doubt_min_own_gap, True),
     ]
-    fails, doubt = [], False
+    if own_void:
+        rows = rows[:4]
+    fails, doubt = [], own_void
     for name, value, bound, doubt_bound, lower in rows:
         width = abs(doubt_bound - bound)
         bad = value < bound if lower else value > bound
@@ -202,8 +213,13 @@ def review_round(
     base = {"global_val": ev(g, VALIDATION), "ref_val": ev(ref_params, VALIDATION),
             "ref_chunk_global": ev(g, ref_chunk), "ref_chunk_ref": ev(ref_params, ref_chunk)}
     ref_scale = float(np.linalg.norm(sketch(d_ref, history.seed)))
+    report.reference_own_drop = relative_drop(base["ref_chunk_global"], base["ref_chunk_ref"])
+    own_void = report.reference_own_drop < t.min_reference_own_drop
 
     deltas = {uid: delta(by_id[uid].params, g) for uid in valid}
+    # Each update's hash and sketch once: replays, copies and the history all use them.
+    digests = {uid: params_hash(by_id[uid].params) for uid in valid}
+    sketches = {uid: sketch(by_id[uid].params, history.seed) for uid in valid}
     stat_fails: dict[str, list[str]] = {}
     doubtful: set[str] = set(uid for uid in valid if uid in report.weight_flags)
     replays: dict[str, str] = {}
@@ -212,14 +228,15 @@ def review_round(
         st = unit_stats(deltas[uid], d_ref, update_val=ev(u.params, VALIDATION),
                         own_global=ev(g, u.chunk), own_update=ev(u.params, u.chunk), **base)
         report.stats[uid] = st
-        stat_fails[uid], doubt = _bounds(st, t)
+        stat_fails[uid], doubt = _bounds(st, t, own_void)
         if doubt:
             doubtful.add(uid)
-        old = history.find_replay(round_index, u.params, ref_scale, t.replay_distance)
+        old = history.find_replay(round_index, u.params, ref_scale, t.replay_distance,
+                                  params_sketch=sketches[uid], digest=digests[uid])
         if old is not None:
             replays[uid] = f"repeats unit {old.unit_id} of round {old.round_index}"
 
-    copy_of, ambiguous = _copies(valid, by_id, deltas, g, ev, t)
+    copy_of, ambiguous = _copies(valid, by_id, deltas, digests, g, ev, t)
     report.copies = dict(copy_of)
     plan = plan_audits({uid: by_id[uid].trainer for uid in valid}, secret=secret, round_index=round_index,
                        records=records, policy=pol, already=[ref_id],
@@ -249,7 +266,7 @@ def review_round(
         if uid in matched:
             del copy_of[uid]
     for uid in ambiguous:
-        partners = [p for p in ambiguous if p != uid and _near(deltas[uid], deltas[p], by_id[uid], by_id[p], t)]
+        partners = [p for p in ambiguous if p != uid and _near(deltas, digests, by_id[uid], by_id[p], t)]
         if uid in redo:
             continue  # its own re-execution decided
         unresolved = [p for p in partners if p not in redo]
@@ -274,7 +291,7 @@ def review_round(
         fails = stat_fails[uid]
         verdicts[uid].append(Verdict(not fails, "; ".join(fails) if fails else "within the reference's bounds",
                                      "reference"))
-    return _finish(report, verdicts, by_id, history, records, round_index, g)
+    return _finish(report, verdicts, by_id, history, records, round_index, g, digests, sketches)
 
 
 def _redo(reexecute: Reexecute, uid: str, g: np.ndarray) -> np.ndarray:
@@ -284,15 +301,17 @@ def _redo(reexecute: Reexecute, uid: str, g: np.ndarray) -> np.ndarray:
     return out
 
 
-def _near(a: np.ndarray, b: np.ndarray, ua: UnitInput, ub: UnitInput, t: Thresholds) -> bool:
+def _near(deltas: dict[str, np.ndarray], digests: dict[str, str], ua: UnitInput, ub: UnitInput,
+          t: Thresholds) -> bool:
     if ua.chunk == ub.chunk:  # the same data (a reassigned slot): equal updates are expected
         return False
-    return params_hash(ua.params) == params_hash(ub.params) or cosine(a, b) >= t.copy_cosine
+    a, b = ua.unit_id, ub.unit_id
+    return digests[a] == digests[b] or cosine(deltas[a], deltas[b]) >= t.copy_cosine
 
 
 def _copies(
-    valid: list[str], by_id: dict[str, UnitInput], deltas: dict[str, np.ndarray], g: np.ndarray,
-    ev: Evaluate, t: Thresholds,
+    valid: list[str], by_id: dict[str, UnitInput], deltas: dict[str, np.ndarray], digests: dict[str, str],
+    g: np.ndarray, ev: Evaluate, t: Thresholds,
 ) -> tuple[dict[str, str], set[str]]:
     """Nearly-equal updates on different chunks: ``(copy -> original, undecided units)``.
 
@@ -304,7 +323,7 @@ def _copies(
     for a_i, i in enumerate(valid):
         for j in valid[a_i + 1:]:
             ui, uj = by_id[i], by_id[j]
-            if not _near(deltas[i], deltas[j], ui, uj, t):
+            if not _near(deltas, digests, ui, uj, t):
                 continue
             adv_i = relative_drop(ev(g, ui.chunk), ev(ui.params, ui.chunk)) - \
                 relative_drop(ev(g, uj.chunk), ev(ui.params, uj.chunk))
@@ -320,7 +339,8 @@ def _copies(
 
 
 def _finish(report: ReviewReport, verdicts: dict[str, list[Verdict]], by_id: dict[str, UnitInput],
-            history: UpdateHistory, records: TrainerRecords, round_index: int, g: np.ndarray) -> ReviewReport:
+            history: UpdateHistory, records: TrainerRecords, round_index: int, g: np.ndarray,
+            digests: dict[str, str] | None = None, sketches: dict[str, np.ndarray] | None = None) -> ReviewReport:
     report.units = {uid: UnitReport(uid, tuple(vs)) for uid, vs in verdicts.items()}
     for uid, unit_report in report.units.items():
         u = by_id[uid]
@@ -333,7 +353,8 @@ def _finish(report: ReviewReport, verdicts: dict[str, list[Verdict]], by_id: dic
         rec.weight_mismatches += uid in report.weight_flags
         arr = u.params
         if isinstance(arr, np.ndarray) and arr.shape == g.shape and np.isfinite(arr).all():
-            history.add(round_index, uid, u.trainer, arr)
+            history.add(round_index, uid, u.trainer, arr, digest=(digests or {}).get(uid),
+                        params_sketch=(sketches or {}).get(uid))
     return report
 
 

@@ -110,14 +110,18 @@ def _data_key(paths: list[str], prep: Preprocessing, shape: list[int]) -> tuple[
 
 
 def _child_evaluate(msg: dict[str, Any], device: Any) -> dict[str, Any]:
-    from fedswarm.learning.budget import Budget, check_budget
+    from fedswarm.learning.budget import Budget
     from fedswarm.learning.data import load_tensors
-    from fedswarm.learning.train import evaluate, parse_model_spec
+    from fedswarm.learning.train import evaluate
     from fedswarm.learning.weights import load_weights_file
 
     task = EvalTask.model_validate(msg["task"])
-    spec = parse_model_spec(task.model)
-    check_budget(spec, min(task.batch_size, 1024), Budget(**msg.get("budget", {})))
+    # The budget check of a spec is cached as for training: the client's review scores many
+    # weights on small samples per round, and the check cost more than the evaluation.
+    batch = min(task.batch_size, 1024)
+    spec = _cached(("spec", json.dumps(task.model, sort_keys=True), batch,
+                    json.dumps(msg.get("budget", {}), sort_keys=True)),
+                   lambda: _checked_spec(task.model, batch, Budget(**msg.get("budget", {}))))
     state = load_weights_file(task.weights_path)
     x, y = load_tensors(task.chunk_paths, task.preprocessing, spec.input_shape)
     return {"op": "metrics", "metrics": evaluate(spec, state, x, y, batch_size=task.batch_size, device=device)}

@@ -127,17 +127,30 @@ class Review:
         strategy = self.strategies.get(job)
         inputs = [self._unit_input(job, u, vec) for u, vec in by_id.values()]
 
+        # One weights file per parameter vector, however many samples it is scored on (the
+        # review scores the global model on every chunk's sample, each update on two).
+        files: dict[int, tuple[np.ndarray, Path]] = {}
+
         def evaluate(params: np.ndarray, key: str) -> float:
-            return evaluate_params(worker, job, layout, params, workdir, samples[key])["loss"]
+            hit = files.get(id(params))
+            if hit is None or hit[0] is not params:
+                path = workdir / f"eval-{secrets.token_hex(4)}.safetensors"
+                save_flat(path, layout, params)
+                files[id(params)] = hit = (params, path)
+            return evaluate_file(worker, job, hit[1], samples[key])["loss"]
 
         def reexecute(unit_id: str) -> np.ndarray:
             return reexecute_unit(worker, reexec_task(job, strategy, gpath, by_id[unit_id][0]))
 
         def run() -> tuple[ReviewReport, dict[str, float]]:
             meter = CostMeter(worker.pid).start()
-            rep = review_round(gvec, inputs, round_index=r, secret=secret, evaluate=evaluate,
-                               reexecute=reexecute, history=state.history, records=state.records,
-                               dropout=has_dropout(job.model), reject_misreported=True)
+            try:
+                rep = review_round(gvec, inputs, round_index=r, secret=secret, evaluate=evaluate,
+                                   reexecute=reexecute, history=state.history, records=state.records,
+                                   dropout=has_dropout(job.model), reject_misreported=True)
+            finally:
+                for _, path in files.values():
+                    path.unlink(missing_ok=True)
             save_state(workdir, state)
             return rep, meter.stop().as_dict()
 
@@ -286,10 +299,15 @@ def evaluate_params(worker: TrainingWorker, job: JobRecord, layout: Layout, para
     tmp = workdir / f"eval-{secrets.token_hex(4)}.safetensors"
     save_flat(tmp, layout, params)
     try:
-        return worker.evaluate(EvalTask(model=job.model, weights_path=str(tmp), chunk_paths=[data_path],
-                                        preprocessing=Preprocessing.model_validate(job.preprocessing)), 300)
+        return evaluate_file(worker, job, tmp, data_path)
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def evaluate_file(worker: TrainingWorker, job: JobRecord, weights: Path, data_path: str) -> dict[str, float]:
+    """Loss and metrics of the weights file ``weights`` on the chunk file ``data_path``."""
+    return worker.evaluate(EvalTask(model=job.model, weights_path=str(weights), chunk_paths=[data_path],
+                                    preprocessing=Preprocessing.model_validate(job.preprocessing)), 300)
 
 
 def reexecute_unit(worker: TrainingWorker, task: TrainTask) -> np.ndarray:
