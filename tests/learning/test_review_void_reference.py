@@ -1,0 +1,56 @@
+"""A round whose reference made its own chunk worse (an overshooting learning rate) is no
+yardstick for "a fair share of what the reference achieves": honest units are not rejected on
+their own-chunk share then, while norm and direction still catch a lazy one."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fedswarm.learning.reference import UpdateHistory
+from fedswarm.learning.review import VALIDATION, UnitInput, review_round
+from fedswarm.learning.review_policy import ReexecPolicy, TrainerRecords
+
+G = np.zeros(64, np.float32)
+RNG = np.random.default_rng(3)
+BASE = RNG.normal(size=64)
+HONEST = {f"c{i}": (G + BASE + 1.2 * RNG.normal(size=64)).astype(np.float32) for i in range(3)}
+
+
+def losses(own_after: float):
+    def evaluate(params: np.ndarray, key: str) -> float:
+        moved = not np.allclose(params, G)
+        if key == VALIDATION:
+            return 0.9 if moved else 1.0
+        return own_after if moved else 1.0  # every trained model scores own_after on a chunk
+
+    return evaluate
+
+
+def run(own_after: float, secret: bytes) -> object:
+    units = [UnitInput("u0", "t0", "c0", HONEST["c0"], 100, 1, 100),
+             UnitInput("u1", "t1", "c1", HONEST["c1"], 100, 1, 100),
+             UnitInput("lazy", "t2", "c2", G.copy(), 100, 1, 100)]
+    chunk_of = {u.unit_id: u.chunk for u in units}
+    return review_round(G, units, round_index=0, secret=secret, evaluate=losses(own_after),
+                        reexecute=lambda uid: HONEST[chunk_of[uid]].copy(), history=UpdateHistory(seed=1),
+                        records=TrainerRecords(), policy=ReexecPolicy(max_per_round=1))
+
+
+@pytest.mark.parametrize("secret", [bytes([i]) * 32 for i in range(6)])
+def test_honest_units_pass_when_the_reference_made_its_chunk_worse(secret: bytes) -> None:
+    rep = run(own_after=1.2, secret=secret)
+    assert rep.reference_own_drop == pytest.approx(-0.2)
+    assert sorted(rep.rejected) == ["lazy"], {u: r.verdict.reason for u, r in rep.units.items()}
+    judged = [u for u in ("u0", "u1") if u not in rep.reexecuted]
+    assert all(u in rep.doubtful for u in judged)  # re-executed with priority where budget allows
+    assert rep.evidence("u0")["reference_own_drop"] == pytest.approx(-0.2)
+
+
+@pytest.mark.parametrize("secret", [bytes([i]) * 32 for i in range(6)])
+def test_own_share_is_judged_when_the_reference_learned(secret: bytes) -> None:
+    rep = run(own_after=0.7, secret=secret)  # everyone removed 30 % of its chunk's loss
+    assert rep.reference_own_drop == pytest.approx(0.3)
+    assert sorted(rep.rejected) == ["lazy"]
+    lazy = rep.units["lazy"].verdict.reason
+    assert "norm ratio" in lazy or "re-execution" in lazy
