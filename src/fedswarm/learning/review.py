@@ -1,6 +1,6 @@
 """One round's review against the client's own reference (docs/ARCHITECTURE.md §5).
 
-:func:`review_round` is the reference-based successor of :func:`checks.check_round`: shape and
+:func:`review_round` judges a round against the client's own reference: shape and
 finiteness, aggregation weights from the client's records, one unit re-executed as the trusted
 reference (picked after every delivery is in), every update measured against it (norm ratio,
 direction, validation-loss effect, own-chunk share and gap), replays of earlier rounds, copies

@@ -107,7 +107,7 @@ class Strategy(ABC):
         if not np.isfinite(result.params).all():
             raise ValueError(
                 f"{self.name}: the aggregate is not finite; a client update contains NaN/Inf "
-                "(run fedswarm.learning.checks.check_round before aggregating)"
+                "(review the round with fedswarm.learning.review.review_round before aggregating)"
             )
         self.last_result = result
         self.last_flagged = list(result.flagged)
