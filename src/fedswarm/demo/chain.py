@@ -129,6 +129,11 @@ def chain_block(books: JobBooks, devnet: Devnet, units: int) -> dict[str, Any]:
             "settle_window_s": books.view.settle_window, "claim_window_s": books.view.claim_window}
 
 
+def read_books(escrow: EscrowV2, key: bytes) -> JobBooks:
+    """The job's books, with the gas of each of its transactions."""
+    return job_books(escrow, key)
+
+
 def chain_reason_hashes(devnet: Devnet, job: dict[str, Any], payer: str | None = None,
                         ) -> dict[tuple[int, int], str]:
     """``(round, unit) -> reason hash`` of the job's rejections as settled on chain."""
