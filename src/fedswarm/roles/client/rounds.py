@@ -24,7 +24,7 @@ from fedswarm.protocol.preprocessing import Preprocessing
 from fedswarm.roles.client.bidding import units_registered
 from fedswarm.roles.client.records import TERMINAL, JobRecord, RoundRecord, UnitRecord
 from fedswarm.roles.client.review import Review, global_path
-from fedswarm.roles.client.services import ClientServices, in_thread
+from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread
 from fedswarm.roles.client.training import max_update_bytes, unit_training
 from fedswarm.storage.sealed import JobObjects, StoredRef, seal, seal_key_b64
 
@@ -85,6 +85,9 @@ class Rounds:
         await self._collect(job, r, rnd, global_ref, inbox)
         await self._review(job, r, rnd, global_ref, inbox)
         await self.checked(job, r)
+        if not any(u.verdict == "accepted" for u in svc.db.units(job.job_id, r)):
+            # Nobody left who delivers usable work: more rounds would only spend the deadline.
+            raise JobFailed(f"round {r}: no trainer delivered a usable update (all failed, lost or rejected)")
 
     async def _review(self, job: JobRecord, r: int, rnd: RoundRecord, global_ref: StoredRef,
                       inbox: Inbox) -> None:
