@@ -84,8 +84,13 @@ def test_create_topic_built_and_signed_offline(log: HederaAuditLog, key: Private
     op = body.consensusCreateTopic
     assert op.memo == "fedswarm job 7"
     assert op.adminKey.ed25519 == key.public_key().to_bytes_raw()
-    assert op.submitKey.ed25519 == key.public_key().to_bytes_raw()
+    # No submit key: the job's trainers pay from their own accounts and must be able to write;
+    # readers check each message's signed envelope instead.
+    assert not op.HasField("submitKey")
     key.public_key().verify(signed.sigMap.sigPair[0].ed25519, signed.bodyBytes)
+    restricted = log.sign(_freeze_offline(log.build_create_topic("node log", restricted=True)))
+    ((body, _),) = _bodies(restricted.to_bytes())
+    assert body.consensusCreateTopic.submitKey.ed25519 == key.public_key().to_bytes_raw()
 
 
 def test_limits_and_bad_credentials() -> None:

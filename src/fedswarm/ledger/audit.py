@@ -20,13 +20,17 @@ import json
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urljoin
 
 import httpx
+from eth_account.signers.local import LocalAccount
 
+from fedswarm.ledger.audit_envelope import EnvelopeCheck, check_envelope, seal
+from fedswarm.ledger.hedera import MIRROR_URLS
+from fedswarm.ledger.topickeys import KeySpec, ed25519_key
 from fedswarm.ledger.verify import format_timestamp
 from fedswarm.protocol.decode import MAX_AUDIT_MESSAGE, MAX_MIRROR_JSON, DecodeError, decode_json
 
@@ -35,6 +39,9 @@ MAX_CHUNKS = 20
 PAGE_LIMIT = 100
 SUBMIT_DOMAIN = b"fedswarm/audit/submit/1\n"
 CREATE_DOMAIN = b"fedswarm/audit/create-topic/1\n"
+UPDATE_DOMAIN = b"fedswarm/audit/update-topic/1\n"
+DELETE_DOMAIN = b"fedswarm/audit/delete-topic/1\n"
+SELF = "self"  # a topic key that is the writing client's own key
 
 
 class AuditError(RuntimeError):
@@ -126,10 +133,26 @@ def submit_signing_bytes(
     return SUBMIT_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
-def create_signing_bytes(memo: str, valid_start: str) -> bytes:
-    """What a devnet topic creation's signature covers."""
-    body = {"memo": memo, "valid_start": valid_start}
+def create_signing_bytes(
+    memo: str, valid_start: str, admin_key: KeySpec | None = None, submit_key: KeySpec | None = None
+) -> bytes:
+    """What a devnet topic creation's signatures cover (the keys only when set)."""
+    body: dict[str, Any] = {"memo": memo, "valid_start": valid_start}
+    body.update({k: v for k, v in (("admin_key", admin_key), ("submit_key", submit_key)) if v is not None})
     return CREATE_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def update_signing_bytes(topic_id: str, valid_start: str, changes: Mapping[str, Any]) -> bytes:
+    """What a devnet topic update's signatures cover (``changes``: memo, admin_key,
+    submit_key; an empty ``{"key_list": []}`` clears a key, as on Hedera)."""
+    body = {**changes, "topic_id": topic_id, "valid_start": valid_start}
+    return UPDATE_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+
+
+def delete_signing_bytes(topic_id: str, valid_start: str) -> bytes:
+    """What a devnet topic deletion's signatures cover."""
+    body = {"topic_id": topic_id, "valid_start": valid_start}
+    return DELETE_DOMAIN + json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
 
 
 class ChunkAssembler:
@@ -200,16 +223,48 @@ def _assemble(parts: list[dict[str, Any]]) -> AuditMessage:
 
 class AuditLog(ABC):
     """An append-only, ordered, hash-chained topic log (HCS semantics). Synchronous: call it
-    from trio through ``trio.to_thread.run_sync``."""
+    from trio through ``trio.to_thread.run_sync``.
+
+    ``envelope_account`` (the node wallet) signs every dict message as an envelope
+    (:mod:`.audit_envelope`); ``default_topic`` (``TOPIC_ID``) is where messages with no topic
+    of their own (node-level logs) go."""
+
+    envelope_account: LocalAccount | None = None
+    default_topic: str | None = None
+
+    def prepare(self, topic_id: str | None, message: bytes | Mapping[str, Any]) -> tuple[str, bytes]:
+        """The topic (``default_topic`` when none is given) and the bytes to submit: a dict
+        is sealed by ``envelope_account`` when one is set, then canonical JSON."""
+        topic = topic_id or self.default_topic
+        if not topic:
+            raise AuditError("no audit topic: set TOPIC_ID (create one with `fedswarm audit topic create`)")
+        if isinstance(message, Mapping) and self.envelope_account is not None:
+            message = seal(topic, message, self.envelope_account)
+        return topic, encode_message(message)
+
+    def read_checked(
+        self, topic_id: str, allowed: list[str], after_seq: int = 0
+    ) -> list[tuple[AuditMessage, EnvelopeCheck]]:
+        """Every whole message of ``topic_id`` with the verdict on its envelope against the
+        ``allowed`` writers (the job's registered trainers and operator)."""
+        out = []
+        for msg in self.iter_messages(topic_id, after_seq):
+            try:
+                payload: Any = msg.json()
+            except ValueError:
+                payload = None
+            out.append((msg, check_envelope(topic_id, msg.last_sequence, payload, allowed)))
+        return out
 
     @abstractmethod
     def create_topic(self, memo: str = "") -> str:
         """Create a topic; returns its id ``"0.0.N"``."""
 
     @abstractmethod
-    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
-        """Append ``message`` (bytes, or a dict sent as canonical JSON), chunked at 1024 bytes;
-        returns one SequenceInfo per chunk, in order."""
+    def submit(self, topic_id: str | None, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
+        """Append ``message`` (bytes, or a dict sent as a signed envelope in canonical JSON),
+        chunked at 1024 bytes, to ``topic_id`` (None: ``default_topic``); returns one
+        SequenceInfo per chunk, in order."""
 
     @abstractmethod
     def read(self, topic_id: str, after_seq: int = 0, limit: int = PAGE_LIMIT) -> MirrorPage:
@@ -270,11 +325,13 @@ class LocalAuditLog(AuditLog):
 
     Parameters: ``url`` of the audit server (``devnet.json``'s ``audit.url``); ``key_pair``
     the node's libp2p key pair (``Identity.key_pair()``; None gives a read-only client);
-    ``timeout`` per request in seconds.
+    ``timeout`` per request in seconds; ``envelope_account`` the wallet sealing messages.
     """
 
-    def __init__(self, url: str, key_pair: Any | None, timeout: float = 30.0) -> None:
+    def __init__(self, url: str, key_pair: Any | None, timeout: float = 30.0,
+                 envelope_account: LocalAccount | None = None) -> None:
         self.url = url.rstrip("/")
+        self.envelope_account = envelope_account
         self._private = key_pair.private_key if key_pair is not None else None
         self.public_key_hex = key_pair.public_key.to_bytes().hex() if key_pair is not None else ""
         self._http = httpx.Client(base_url=self.url, timeout=timeout)
@@ -316,18 +373,56 @@ class LocalAuditLog(AuditLog):
             raise AuditError(f"audit log refused {method} {path}: {resp.status_code} {_error_text(body)}")
         return _decode_body(body, f"audit log at {self.url}")
 
-    def create_topic(self, memo: str = "") -> str:
-        valid_start = format_timestamp(self._valid_starts(1))
-        body = {
-            "memo": memo,
-            "valid_start": valid_start,
-            "public_key": self.public_key_hex,
-            "signature": self._sign(create_signing_bytes(memo, valid_start)),
-        }
-        return str(self._request("POST", "/api/v1/topics", json=body)["topic_id"])
+    def _key(self, key: KeySpec | str | None) -> KeySpec | None:
+        if isinstance(key, str):  # SELF: our own key
+            return ed25519_key(bytes.fromhex(self.public_key_hex))
+        return key
 
-    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
-        chunks = split_chunks(encode_message(message))
+    def _signed(self, signed: bytes, co_signers: Sequence[Any], body: dict[str, Any]) -> dict[str, Any]:
+        # Like a Hedera transaction's signature map: the payer's, then any co-signers' (key
+        # pairs, e.g. a threshold key's other members), all over the same bytes.
+        body["public_key"] = self.public_key_hex
+        body["signature"] = self._sign(signed)
+        if co_signers:
+            body["signatures"] = [
+                {"public_key": kp.public_key.to_bytes().hex(), "signature": kp.private_key.sign(signed).hex()}
+                for kp in co_signers
+            ]
+        return body
+
+    def create_topic(self, memo: str = "", *, admin_key: KeySpec | str | None = SELF,
+                     submit_key: KeySpec | str | None = None, co_signers: Sequence[Any] = ()) -> str:
+        """Create a topic. ``admin_key`` (default: our key; None: immutable) may update and
+        delete it; ``submit_key`` (default None: anyone may write) must sign every message.
+        ``co_signers``: key pairs that sign too (an admin key other than ours must sign)."""
+        valid_start = format_timestamp(self._valid_starts(1))
+        admin, submit = self._key(admin_key), self._key(submit_key)
+        body: dict[str, Any] = {"memo": memo, "valid_start": valid_start, "admin_key": admin,
+                                "submit_key": submit}
+        signed = create_signing_bytes(memo, valid_start, admin, submit)
+        return str(self._request("POST", "/api/v1/topics", json=self._signed(signed, co_signers, body))["topic_id"])
+
+    def update_topic(self, topic_id: str, *, co_signers: Sequence[Any] = (), **changes: Any) -> dict[str, Any]:
+        """Change ``memo``, ``admin_key`` or ``submit_key`` (``{"key_list": []}`` clears a
+        key); the admin key must sign (and a new admin key too)."""
+        valid_start = format_timestamp(self._valid_starts(1))
+        changes = {k: self._key(v) if k.endswith("_key") else v for k, v in changes.items()}
+        body = {**changes, "valid_start": valid_start}
+        signed = update_signing_bytes(topic_id, valid_start, changes)
+        return dict(self._request("POST", f"/api/v1/topics/{topic_id}/update",
+                                  json=self._signed(signed, co_signers, body)))
+
+    def delete_topic(self, topic_id: str, *, co_signers: Sequence[Any] = ()) -> dict[str, Any]:
+        """Delete the topic (the admin key must sign); its messages stay readable."""
+        valid_start = format_timestamp(self._valid_starts(1))
+        signed = delete_signing_bytes(topic_id, valid_start)
+        return dict(self._request("POST", f"/api/v1/topics/{topic_id}/delete",
+                                  json=self._signed(signed, co_signers, {"valid_start": valid_start})))
+
+    def submit(self, topic_id: str | None, message: bytes | Mapping[str, Any],
+               co_signers: Sequence[Any] = ()) -> list[SequenceInfo]:
+        topic_id, data = self.prepare(topic_id, message)
+        chunks = split_chunks(data)
         first = self._valid_starts(len(chunks))
         initial = format_timestamp(first)
         infos = []
@@ -339,14 +434,10 @@ class LocalAuditLog(AuditLog):
                 else None  # single-chunk messages carry no chunk_info, as with the SDK
             )
             b64 = base64.b64encode(piece).decode()
-            body = {
-                "message": b64,
-                "valid_start": valid_start,
-                "chunk": chunk,
-                "public_key": self.public_key_hex,
-                "signature": self._sign(submit_signing_bytes(topic_id, valid_start, b64, chunk)),
-            }
-            r = self._request("POST", f"/api/v1/topics/{topic_id}/messages", json=body)
+            body = {"message": b64, "valid_start": valid_start, "chunk": chunk}
+            signed = submit_signing_bytes(topic_id, valid_start, b64, chunk)
+            r = self._request("POST", f"/api/v1/topics/{topic_id}/messages",
+                              json=self._signed(signed, co_signers, body))
             infos.append(
                 SequenceInfo(
                     topic_id=r["topic_id"],
@@ -401,13 +492,6 @@ def _error_text(body: bytes) -> str:
         return body[:200].decode("utf-8", "replace")
 
 
-MIRROR_URLS = {
-    "mainnet": "https://mainnet-public.mirrornode.hedera.com",
-    "testnet": "https://testnet.mirrornode.hedera.com",
-    "previewnet": "https://previewnet.mirrornode.hedera.com",
-}
-
-
 @dataclass
 class HederaAuditLog(AuditLog):
     """Hedera Consensus Service through hiero-sdk-python; reads from the mirror node REST API.
@@ -423,6 +507,8 @@ class HederaAuditLog(AuditLog):
     network: str = "testnet"
     mirror_url: str | None = None
     timeout: float = 60.0
+    envelope_account: LocalAccount | None = field(default=None, repr=False)
+    default_topic: str | None = None
     _client: Any = field(default=None, init=False, repr=False)
     _http: httpx.Client | None = field(default=None, init=False, repr=False)
 
@@ -442,23 +528,21 @@ class HederaAuditLog(AuditLog):
 
     # --- building (offline) ---
 
-    def build_create_topic(self, memo: str = "") -> Any:
-        """A TopicCreateTransaction with the operator as admin and submit key (not frozen)."""
+    def build_create_topic(self, memo: str = "", *, restricted: bool = False) -> Any:
+        """A TopicCreateTransaction with the operator as admin key (not frozen). No submit key
+        unless ``restricted``: a job's trainers pay their fees from their own accounts, so the
+        topic must take their messages; readers check the signed envelopes instead."""
         from hiero_sdk_python import TopicCreateTransaction
 
         public = self._operator_key().public_key()
-        return (
-            TopicCreateTransaction()
-            .set_memo(memo)
-            .set_admin_key(public)
-            .set_submit_key(public)
-        )
+        tx = TopicCreateTransaction().set_memo(memo).set_admin_key(public)
+        return tx.set_submit_key(public) if restricted else tx
 
-    def build_submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> Any:
+    def build_submit(self, topic_id: str | None, message: bytes | Mapping[str, Any]) -> Any:
         """A TopicMessageSubmitTransaction for ``message`` (the SDK chunks it at 1024 bytes)."""
         from hiero_sdk_python import TopicId, TopicMessageSubmitTransaction
 
-        data = encode_message(message)
+        topic_id, data = self.prepare(topic_id, message)
         split_chunks(data)  # same limit check as the devnet, with our error message
         return (
             TopicMessageSubmitTransaction()
@@ -497,8 +581,9 @@ class HederaAuditLog(AuditLog):
             raise AuditError(f"topic creation failed: status {receipt.status}")
         return str(receipt.topic_id)
 
-    def submit(self, topic_id: str, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
+    def submit(self, topic_id: str | None, message: bytes | Mapping[str, Any]) -> list[SequenceInfo]:
         client = self.client()
+        topic_id = topic_id or self.default_topic
         tx = self.sign(self.build_submit(topic_id, message).freeze_with(client))
         receipts = tx.execute_all(client)
         infos = []

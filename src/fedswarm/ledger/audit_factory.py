@@ -14,8 +14,17 @@ def make_audit_log(settings: Settings, identity: Any | None = None) -> AuditLog:
     Devnet: the local topic log whose URL a running devnet wrote to ``devnet.json``, signing
     with ``identity``'s node key. Hedera networks: hiero-sdk-python paid by
     ``OPERATOR_ID``/``OPERATOR_KEY``. Without an identity (devnet) or an operator (Hedera) the
-    log is read-only.
+    log is read-only. With an identity, every dict message is a signed envelope by the node's
+    wallet (the key that bids and is paid), so readers can tell the job's trainers and operator
+    from anyone else writing to the topic. ``TOPIC_ID`` is the default topic (node-level logs).
     """
+    log = _make(settings, identity)
+    log.default_topic = settings.topic_id or None
+    log.envelope_account = identity.wallet if identity is not None else None
+    return log
+
+
+def _make(settings: Settings, identity: Any | None) -> AuditLog:
     if settings.is_devnet:
         state = settings.devnet_state()
         url = (state.get("audit") or {}).get("url")

@@ -6,10 +6,21 @@ Run as its own process: ``python -m fedswarm.ledger.auditserver --db FILE --port
 
 Endpoints (read ones in the mirror node's REST shape):
 
-- ``POST /api/v1/topics`` ``{memo, valid_start, public_key, signature}`` → ``{topic_id}``
+- ``POST /api/v1/topics`` ``{memo, valid_start, admin_key, submit_key, public_key, signature,
+  signatures}`` → ``{topic_id}``
 - ``POST /api/v1/topics/{id}/messages`` ``{message (base64), valid_start, chunk, public_key,
-  signature}`` → receipt; the Ed25519 signature covers :func:`audit.submit_signing_bytes`.
-  Unsigned → 401, bad signature → 403; nothing is stored then.
+  signature, signatures}`` → receipt; the Ed25519 signature covers
+  :func:`audit.submit_signing_bytes`. Unsigned → 401, bad signature → 403; nothing is stored.
+- ``POST /api/v1/topics/{id}/update`` ``{memo?, admin_key?, submit_key?, valid_start, ...}``
+  and ``POST /api/v1/topics/{id}/delete`` ``{valid_start, ...}``: admin-key operations.
+
+``public_key``/``signature`` are the payer's; ``signatures`` (a list of ``{public_key,
+signature}`` over the same bytes) play the part of the rest of a Hedera signature map. Topic
+keys are enforced as the consensus service does (:mod:`.topickeys`): with a submit key only
+messages it signs are sequenced (else 403 ``INVALID_SIGNATURE``); without one anyone may write;
+the admin key must sign creation, update and delete; a topic without one is immutable (403
+``UNAUTHORIZED``); a deleted topic takes no messages (400 ``INVALID_TOPIC_ID``) and its history
+stays readable.
 - ``GET /api/v1/topics/{id}/messages?order=asc&limit=..&sequencenumber=gt:N`` → mirror page
 - ``GET /api/v1/topics/{id}`` → topic info; ``GET /health``.
 
@@ -24,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import base64
+import contextlib
 import json
 import logging
 import os
@@ -43,12 +55,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlencode, urlsplit
 
-from nacl.exceptions import BadSignatureError
-from nacl.signing import VerifyKey
-
-from fedswarm.ledger.audit import CHUNK_SIZE, MAX_CHUNKS, create_signing_bytes, submit_signing_bytes
+from fedswarm.ledger.audit import (
+    CHUNK_SIZE,
+    create_signing_bytes,
+    delete_signing_bytes,
+    submit_signing_bytes,
+    update_signing_bytes,
+)
+from fedswarm.ledger.auditrequests import (
+    RequestError,
+    check_signatures,
+    parse_bounds,
+    parse_chunk,
+    parse_key,
+    parse_valid_start,
+    require,
+)
 from fedswarm.ledger.runninghash import RUNNING_HASH_VERSION, ZERO_HASH, EntityId, next_running_hash
-from fedswarm.ledger.verify import format_timestamp, parse_timestamp
+from fedswarm.ledger.topickeys import KeySpec, decode_key, encode_key, is_satisfied
+from fedswarm.ledger.verify import format_timestamp
 from fedswarm.protocol.decode import DecodeError, decode_object
 
 log = logging.getLogger("fedswarm.ledger.auditserver")
@@ -60,8 +85,7 @@ FUTURE_SKEW_NS = 10 * 1_000_000_000
 FIRST_ENTITY_NUM = 1001
 DEFAULT_LIMIT = 25  # the mirror node's default page size
 MAX_LIMIT = 100
-_TOPIC_PATH = re.compile(r"^/api/v1/topics/(\d+\.\d+\.\d+)(/messages)?$")
-_OPS = {"gt": ">", "gte": ">=", "lt": "<", "lte": "<=", "eq": "="}
+_TOPIC_PATH = re.compile(r"^/api/v1/topics/(\d+\.\d+\.\d+)(/messages|/update|/delete)?$")
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL);
@@ -77,15 +101,10 @@ CREATE TABLE IF NOT EXISTS messages (
     payer_num INTEGER NOT NULL, message BLOB NOT NULL, running_hash BLOB NOT NULL,
     chunk_json TEXT, PRIMARY KEY (topic_num, sequence_number));
 """
-
-
-class RequestError(Exception):
-    """A refused request: HTTP status and a one-line reason for the client."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+# Columns added after the first release: a devnet's database outlives upgrades.
+_MIGRATIONS = ("ALTER TABLE topics ADD COLUMN admin_key TEXT",
+               "ALTER TABLE topics ADD COLUMN submit_key TEXT",
+               "ALTER TABLE topics ADD COLUMN deleted INTEGER NOT NULL DEFAULT 0")
 
 
 class TopicStore:
@@ -96,6 +115,9 @@ class TopicStore:
         self._pool: queue.LifoQueue[sqlite3.Connection] = queue.LifoQueue()
         with self._conn() as conn:
             conn.executescript(SCHEMA)
+            for stmt in _MIGRATIONS:
+                with contextlib.suppress(sqlite3.OperationalError):  # already migrated
+                    conn.execute(stmt)
             conn.execute(
                 "INSERT OR IGNORE INTO meta VALUES ('next_entity', ?), ('last_consensus_ns', 0)",
                 (FIRST_ENTITY_NUM,),
@@ -159,7 +181,7 @@ class TopicStore:
 
     @staticmethod
     def _use_transaction_id(conn: sqlite3.Connection, payer: int, valid_start: str) -> None:
-        secs, nanos = _parse_valid_start(valid_start)
+        secs, nanos = parse_valid_start(valid_start)
         start_ns = secs * 1_000_000_000 + nanos
         now = time.time_ns()
         if start_ns > now + FUTURE_SKEW_NS:
@@ -173,30 +195,81 @@ class TopicStore:
 
     # --- operations ---
 
-    def create_topic(self, memo: str, public_key: bytes, valid_start: str) -> dict[str, Any]:
-        """Create a topic administered by the signer's account."""
+    def create_topic(self, memo: str, public_key: bytes, valid_start: str,
+                     admin_key: KeySpec | None = None, submit_key: KeySpec | None = None) -> dict[str, Any]:
+        """Create a topic paid by the signer's account with the given (checked) keys."""
         with self._write() as conn:
             payer = self._account_for(conn, public_key)
             self._use_transaction_id(conn, payer, valid_start)
             num = self._next_entity(conn)
             created = self._consensus_now(conn)
             conn.execute(
-                "INSERT INTO topics VALUES (?, ?, ?, ?, 0, ?)", (num, memo, payer, created, ZERO_HASH)
+                "INSERT INTO topics (num, memo, admin_num, created_ns, sequence_number, running_hash,"
+                " admin_key, submit_key, deleted) VALUES (?, ?, ?, ?, 0, ?, ?, ?, 0)",
+                (num, memo, payer, created, ZERO_HASH, encode_key(admin_key), encode_key(submit_key)),
             )
         return {"topic_id": f"0.0.{num}", "payer_account_id": f"0.0.{payer}",
                 "consensus_timestamp": format_timestamp(created)}
 
+    def _keys(self, conn: sqlite3.Connection, topic: EntityId) -> tuple[KeySpec | None, KeySpec | None]:
+        row = conn.execute(
+            "SELECT admin_key, submit_key, deleted FROM topics WHERE num=?", (topic.num,)
+        ).fetchone()
+        if row is None or topic.shard or topic.realm:
+            raise RequestError(404, f"topic {topic} not found: create it first")
+        if row[2]:
+            raise RequestError(400, f"INVALID_TOPIC_ID: topic {topic} was deleted")
+        return decode_key(row[0]), decode_key(row[1])
+
+    def _admin(self, conn: sqlite3.Connection, topic: EntityId, signers: set[bytes]) -> None:
+        admin, _ = self._keys(conn, topic)
+        if admin is None:
+            raise RequestError(403, f"UNAUTHORIZED: topic {topic} has no admin key: it cannot be"
+                                    " updated or deleted")
+        if not is_satisfied(admin, signers):
+            raise RequestError(403, f"INVALID_SIGNATURE: topic {topic}'s admin key did not sign")
+
+    def update_topic(self, topic: EntityId, public_key: bytes, valid_start: str,
+                     signers: set[bytes], changes: dict[str, Any]) -> dict[str, Any]:
+        """Apply memo/key ``changes`` (a key of None clears it) signed by the admin key (and by
+        a new admin key), like ``ConsensusUpdateTopic``."""
+        with self._write() as conn:
+            self._admin(conn, topic, signers)
+            new_admin = changes.get("admin_key")
+            if new_admin is not None and not is_satisfied(new_admin, signers):
+                raise RequestError(403, "INVALID_SIGNATURE: the new admin key must sign its update")
+            payer = self._account_for(conn, public_key)
+            self._use_transaction_id(conn, payer, valid_start)
+            for column in ("memo", "admin_key", "submit_key"):  # fixed names, never the client's
+                if column in changes:
+                    value = changes[column] if column == "memo" else encode_key(changes[column])
+                    conn.execute(f"UPDATE topics SET {column}=? WHERE num=?", (value, topic.num))
+        return {"topic_id": str(topic), "status": "SUCCESS"}
+
+    def delete_topic(self, topic: EntityId, public_key: bytes, valid_start: str,
+                     signers: set[bytes]) -> dict[str, Any]:
+        """Mark the topic deleted (admin key signs); its messages stay readable."""
+        with self._write() as conn:
+            self._admin(conn, topic, signers)
+            payer = self._account_for(conn, public_key)
+            self._use_transaction_id(conn, payer, valid_start)
+            conn.execute("UPDATE topics SET deleted=1 WHERE num=?", (topic.num,))
+        return {"topic_id": str(topic), "status": "SUCCESS"}
+
     def submit(
         self, topic: EntityId, public_key: bytes, valid_start: str, message: bytes,
-        chunk: dict[str, Any] | None,
+        chunk: dict[str, Any] | None, signers: set[bytes] | None = None,
     ) -> dict[str, Any]:
-        """Sequence one chunk: next sequence number, consensus time and running hash."""
+        """Sequence one chunk: next sequence number, consensus time and running hash. A topic
+        with a submit key takes the chunk only if ``signers`` satisfy it."""
         with self._write() as conn:
+            _, submit_key = self._keys(conn, topic)
+            if submit_key is not None and not is_satisfied(submit_key, signers or {public_key}):
+                raise RequestError(403, f"INVALID_SIGNATURE: topic {topic} has a submit key and this"
+                                        " message is not signed by it")
             row = conn.execute(
                 "SELECT sequence_number, running_hash FROM topics WHERE num=?", (topic.num,)
             ).fetchone()
-            if row is None or topic.shard or topic.realm:
-                raise RequestError(404, f"topic {topic} not found: create it first")
             payer = self._account_for(conn, public_key)
             self._use_transaction_id(conn, payer, valid_start)
             seq, prev_hash = int(row[0]) + 1, bytes(row[1])
@@ -239,8 +312,8 @@ class TopicStore:
         """Memo, sequence number and running hash of a topic (None if unknown)."""
         with self._conn() as conn:
             row = conn.execute(
-                "SELECT memo, admin_num, created_ns, sequence_number, running_hash FROM topics "
-                "WHERE num=?", (topic.num,)
+                "SELECT memo, admin_num, created_ns, sequence_number, running_hash, admin_key,"
+                " submit_key, deleted FROM topics WHERE num=?", (topic.num,)
             ).fetchone()
         if row is None or topic.shard or topic.realm:
             return None
@@ -249,6 +322,7 @@ class TopicStore:
             "created_timestamp": format_timestamp(row[2]), "sequence_number": row[3],
             "running_hash": base64.b64encode(row[4]).decode(),
             "running_hash_version": RUNNING_HASH_VERSION,
+            "admin_key": decode_key(row[5]), "submit_key": decode_key(row[6]), "deleted": bool(row[7]),
         }
 
     def messages(
@@ -278,78 +352,6 @@ class TopicStore:
             }
             for seq, ts, payer, msg, rh, chunk in rows
         ]
-
-
-# --- request parsing (pure) ---
-
-
-def _require(body: dict[str, Any], key: str, kind: type) -> Any:
-    value = body.get(key)
-    if not isinstance(value, kind) or isinstance(value, bool):
-        raise RequestError(400, f"field {key!r} missing or not a {kind.__name__}")
-    return value
-
-
-def _parse_valid_start(text: str) -> tuple[int, int]:
-    try:
-        return parse_timestamp(text)
-    except ValueError as exc:
-        raise RequestError(400, f"valid_start: {exc}") from None
-
-
-def _check_signature(body: dict[str, Any], signed: bytes) -> bytes:
-    """The submitter's raw Ed25519 public key if ``signature`` verifies over ``signed``."""
-    pub_hex, sig_hex = body.get("public_key"), body.get("signature")
-    if not pub_hex or not sig_hex:
-        raise RequestError(401, "unsigned request: public_key and signature are required")
-    try:
-        public_key, signature = bytes.fromhex(pub_hex), bytes.fromhex(sig_hex)
-        if len(public_key) != 32 or len(signature) != 64:
-            raise ValueError
-        VerifyKey(public_key).verify(signed, signature)
-    except (ValueError, TypeError, BadSignatureError):
-        raise RequestError(403, "signature does not verify for this public key and request") from None
-    return public_key
-
-
-def _parse_chunk(value: Any) -> dict[str, Any] | None:
-    if value is None:
-        return None
-    if not isinstance(value, dict):
-        raise RequestError(400, "chunk must be an object or null")
-    initial = _require(value, "initial_valid_start", str)
-    number, total = _require(value, "number", int), _require(value, "total", int)
-    try:
-        parse_timestamp(initial)
-    except ValueError as exc:
-        raise RequestError(400, f"chunk: {exc}") from None
-    if not 1 <= total <= MAX_CHUNKS:
-        raise RequestError(400, f"chunk total {total} not within 1..{MAX_CHUNKS} (the network's limit per message)")
-    if not 1 <= number <= total:
-        raise RequestError(400, f"chunk number {number} not within 1..{total}")
-    return {"initial_valid_start": initial, "number": number, "total": total}
-
-
-def _parse_bounds(query: dict[str, list[str]]) -> list[tuple[str, str, int]]:
-    bounds = []
-    for param, column in (("sequencenumber", "sequence_number"), ("timestamp", "consensus_ns")):
-        for raw in query.get(param, []):
-            op, _, value = raw.rpartition(":")
-            op = op or "eq"
-            if op not in _OPS:
-                raise RequestError(400, f"invalid {param} operator {op!r}: use gt, gte, lt, lte, eq")
-            try:
-                if column == "consensus_ns":
-                    secs, _, frac = value.partition(".")
-                    number = int(secs) * 1_000_000_000 + int((frac or "0").ljust(9, "0")[:9])
-                else:
-                    number = int(value)
-                if number < 0 or number >= 2**63:
-                    raise ValueError
-            except ValueError:
-                raise RequestError(400, f"invalid {param} value {value!r}") from None
-            bounds.append((column, _OPS[op], number))
-    return bounds
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -412,20 +414,27 @@ class _Handler(BaseHTTPRequestHandler):
 
     def _post(self, path: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
         if path == "/api/v1/topics":
-            memo = _require(body, "memo", str)
+            memo = require(body, "memo", str)
             if len(memo.encode()) > 100:
                 raise RequestError(400, "memo over 100 bytes")
-            valid_start = _require(body, "valid_start", str)
-            public_key = _check_signature(body, create_signing_bytes(memo, valid_start))
-            return 201, self.store.create_topic(memo, public_key, valid_start)
+            valid_start = require(body, "valid_start", str)
+            admin, submit = parse_key(body.get("admin_key")), parse_key(body.get("submit_key"))
+            public_key, signers = check_signatures(
+                body, create_signing_bytes(memo, valid_start, body.get("admin_key"), body.get("submit_key"))
+            )
+            if admin is not None and not is_satisfied(admin, signers):
+                raise RequestError(403, "INVALID_SIGNATURE: the admin key must sign the topic's creation")
+            return 201, self.store.create_topic(memo, public_key, valid_start, admin, submit)
         m = _TOPIC_PATH.match(path)
         if not m or not m.group(2):
             raise RequestError(404, f"no such endpoint: POST {path[:100]}")
         topic_text = m.group(1)
-        message_b64 = _require(body, "message", str)
-        valid_start = _require(body, "valid_start", str)
-        chunk = _parse_chunk(body.get("chunk"))
-        public_key = _check_signature(
+        if m.group(2) != "/messages":
+            return 200, self._admin_op(m.group(2), topic_text, body)
+        message_b64 = require(body, "message", str)
+        valid_start = require(body, "valid_start", str)
+        chunk = parse_chunk(body.get("chunk"))
+        public_key, signers = check_signatures(
             body, submit_signing_bytes(topic_text, valid_start, message_b64, chunk)
         )
         try:
@@ -437,7 +446,23 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(400, "empty message: the network refuses empty messages")
         if len(message) > CHUNK_SIZE:
             raise RequestError(400, f"message chunk over {CHUNK_SIZE} bytes: split it")
-        return 200, self.store.submit(topic, public_key, valid_start, message, chunk)
+        return 200, self.store.submit(topic, public_key, valid_start, message, chunk, signers)
+
+    def _admin_op(self, op: str, topic_text: str, body: dict[str, Any]) -> dict[str, Any]:
+        valid_start = require(body, "valid_start", str)
+        try:
+            topic = EntityId.parse(topic_text)
+        except ValueError as exc:
+            raise RequestError(400, str(exc)) from None
+        if op == "/delete":
+            public_key, signers = check_signatures(body, delete_signing_bytes(topic_text, valid_start))
+            return self.store.delete_topic(topic, public_key, valid_start, signers)
+        changes = {k: body[k] for k in ("memo", "admin_key", "submit_key") if k in body}
+        if "memo" in changes and (not isinstance(changes["memo"], str) or len(changes["memo"].encode()) > 100):
+            raise RequestError(400, "memo must be a string of at most 100 bytes")
+        public_key, signers = check_signatures(body, update_signing_bytes(topic_text, valid_start, changes))
+        parsed = {k: v if k == "memo" else parse_key(v, clearing=True) for k, v in changes.items()}
+        return self.store.update_topic(topic, public_key, valid_start, signers, parsed)
 
     def _get(self) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(self.path)
@@ -467,7 +492,7 @@ class _Handler(BaseHTTPRequestHandler):
             raise RequestError(400, "limit must be an integer") from None
         if not 1 <= limit <= MAX_LIMIT:
             raise RequestError(400, f"limit must be within 1..{MAX_LIMIT}")
-        bounds = _parse_bounds(query)
+        bounds = parse_bounds(query)
         if self.store.topic_info(topic) is None:
             raise RequestError(404, f"topic {topic} not found")
         messages = self.store.messages(topic, bounds, order, limit)
