@@ -26,6 +26,7 @@ NEVER_SETTLE_WINDOW_S = 15  # the never-settle fault: trainers claim sooner
 # The client's settler sends `release` once due; past this grace the demo sends it itself
 # (anyone may) so the books still close, and the report says who did.
 RELEASE_GRACE_S = 30.0
+RELEASE_MAX_WAIT_S = 180.0  # the longest the demo waits for a release time to come
 
 
 class ChainError(RuntimeError):
@@ -74,12 +75,17 @@ def wait_claims(escrow: EscrowV2, key: bytes, job: dict[str, Any], console: Any,
     return f"never-settle: trainers claimed {claimed} of {delivered} units within {timeout:.0f} s"
 
 
-def wait_release(escrow: EscrowV2, key: bytes, devnet: Devnet, console: Any) -> None:
+def wait_release(escrow: EscrowV2, key: bytes, devnet: Devnet, console: Any,
+                 max_wait_s: float = RELEASE_MAX_WAIT_S) -> None:
     """Wait for the job's ``release`` (the client's settler sends it when due); RELEASE_GRACE_S
-    after the release time, send it from the devnet faucet (anyone may) so the books close."""
+    after the release time, send it from the devnet faucet (anyone may) so the books close.
+    A job whose release time is more than ``max_wait_s`` away (one that never closed runs to
+    its deadline) is left unreleased: the report then says it does not balance yet."""
     view = escrow.job(key)
     if view.status == JobStatusV2.NONE:
         raise ChainError(f"job 0x{key.hex()} is not on the v2 escrow")
+    if view.release_at - time.time() > max_wait_s:
+        return
     with console.status(f"waiting for the escrow's release (release time in "
                         f"{max(0, view.release_at - int(time.time()))} s)"):
         while view.status != JobStatusV2.RELEASED:
