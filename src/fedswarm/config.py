@@ -69,6 +69,9 @@ class Settings(BaseSettings):
     operator_key: SecretStr | None = None
     contract_id: str | None = None
     topic_id: str | None = None
+    # Which key signs EVM transactions on Hedera: the node wallet (always the identity that bids
+    # and is paid) or OPERATOR_KEY, allowed only when it *is* the node wallet's key.
+    ledger_signer: Literal["wallet", "operator"] = Field(default="wallet", alias="FEDSWARM_LEDGER_SIGNER")
     relay_url: str | None = Field(default=None, alias="FEDSWARM_RELAY_URL")
     mirror_url: str | None = Field(default=None, alias="FEDSWARM_MIRROR_URL")
 

@@ -3,6 +3,8 @@ Hedera's relay."""
 
 from __future__ import annotations
 
+from eth_account.signers.local import LocalAccount
+
 from fedswarm.config import ConfigError, Settings
 from fedswarm.identity import Identity
 from fedswarm.ledger.escrow import EscrowV2
@@ -22,9 +24,9 @@ def make_ledger(settings: Settings, identity: Identity | None = None) -> Ledger:
 
     Devnet: the chain block of ``devnet.json`` (rpc_url, chain_id, contract_address), signing
     with the node's wallet key. Hedera (NETWORK=testnet/mainnet/previewnet): the relay
-    (``FEDSWARM_RELAY_URL`` or the network's hashio URL), ``CONTRACT_ID`` (``0.0.N`` or 0x) and
-    ``OPERATOR_KEY`` (ECDSA) when set, else the node's wallet key; receipts wait up to 120 s
-    because they come from the mirror node.
+    (``FEDSWARM_RELAY_URL`` or the network's hashio URL), ``CONTRACT_ID`` (``0.0.N`` or 0x), the
+    signer chosen by :func:`evm_signer`; receipts wait up to 120 s (they come from the mirror
+    node).
     """
     if settings.is_devnet:
         chain = settings.devnet_state().get("chain")
@@ -42,12 +44,7 @@ def make_ledger(settings: Settings, identity: Identity | None = None) -> Ledger:
         )
     try:
         contract = parse_contract_id(settings.contract_id)
-        if settings.operator_key is not None:
-            account = parse_operator_key(settings.operator_key.get_secret_value())
-        elif identity is not None:
-            account = identity.wallet
-        else:
-            raise HederaConfigError("OPERATOR_KEY is not set and no node wallet was given")
+        account = evm_signer(settings, identity)
         return Ledger(
             rpc_url=relay_url_for(settings.network, settings.relay_url),
             contract_address=contract,
@@ -58,6 +55,33 @@ def make_ledger(settings: Settings, identity: Identity | None = None) -> Ledger:
         )
     except HederaConfigError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def evm_signer(settings: Settings, identity: Identity | None) -> LocalAccount:
+    """The one key that signs a node's EVM transactions on Hedera: its wallet, which also signs
+    its bids and receipts' claims and is registered and paid on the escrow.
+
+    ``OPERATOR_KEY`` pays HCS fees (the audit log) and may be a separate account; it signs EVM
+    transactions for a node only with ``FEDSWARM_LEDGER_SIGNER=operator`` and only when its EVM
+    address is the wallet's (an ECDSA operator whose key is the node's wallet key). Without a
+    node (``identity`` None: deploying, say) OPERATOR_KEY signs.
+    """
+    if identity is None:
+        if settings.operator_key is None:
+            raise HederaConfigError("OPERATOR_KEY is not set and no node wallet was given")
+        return parse_operator_key(settings.operator_key.get_secret_value())
+    if settings.ledger_signer == "operator":
+        if settings.operator_key is None:
+            raise HederaConfigError("FEDSWARM_LEDGER_SIGNER=operator but OPERATOR_KEY is not set")
+        operator = parse_operator_key(settings.operator_key.get_secret_value())
+        if operator.address != identity.address:
+            raise HederaConfigError(
+                f"FEDSWARM_LEDGER_SIGNER=operator but OPERATOR_KEY's EVM address {operator.address}"
+                f" is not this node's wallet {identity.address}: unset FEDSWARM_LEDGER_SIGNER (the"
+                " wallet signs; OPERATOR_KEY only pays HCS fees) or make the wallet key the operator's"
+            )
+        return operator
+    return identity.wallet
 
 
 def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV2:
