@@ -56,6 +56,10 @@ def register(subparsers: Any) -> None:
     common(job)
     job.set_defaults(func=_job)
 
+    from fedswarm.ledger.deploy import register_deploy  # the deploy command lives with deploy()
+
+    register_deploy(sub)
+
 
 # ---------------------------------------------------------------------- plumbing
 

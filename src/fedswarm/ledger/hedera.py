@@ -148,3 +148,36 @@ def parse_operator_key(key: str | None) -> LocalAccount:
         return Account.from_key(bytes.fromhex(k))
     except Exception as exc:  # out-of-range scalar
         raise HederaConfigError(f"OPERATOR_KEY is not a valid secp256k1 key ({exc})") from None
+
+
+# What the relay (hiero-json-rpc-relay's predefined errors) and the consensus nodes' statuses
+# mean for the user, most specific first: (needles, one-line explanation).
+_RELAY_ERRORS: tuple[tuple[tuple[str, ...], str], ...] = (
+    (("insufficient_payer_balance", "insufficient funds for transfer"),
+     "the paying account has too little HBAR (INSUFFICIENT_PAYER_BALANCE): top it up from the"
+     " portal or faucet and retry"),
+    (("invalid_signature",),
+     "the network refused the signature (INVALID_SIGNATURE): sign with the ECDSA key of an"
+     " account with an EVM alias; ED25519 accounts cannot sign EVM transactions"),
+    (("contract_revert_executed", "execution reverted"),
+     "the contract reverted (CONTRACT_REVERT_EXECUTED)"),
+    (("429", "rate limit exceeded", "-32605", "-32606", "too many requests", "busy"),
+     "the relay is throttling requests (HTTP 429 / rate limit): wait a minute and retry, or set"
+     " FEDSWARM_RELAY_URL to a relay of your own"),
+)
+
+
+def explain_relay_error(exc: BaseException | str) -> str:
+    """One line for an error from Hedera's relay: what happened and what to do (the relay's own
+    text, shortened, when it is none of the known ones)."""
+    text = str(exc)
+    low = text.lower()
+    for needles, line in _RELAY_ERRORS:
+        if any(n in low for n in needles):
+            if "reverted" in line:
+                m = re.search(r"execution reverted:?\s*([^'\"}\n]*)", text)
+                reason = m.group(1).strip() if m else ""
+                return f"{line}: {reason}" if reason else line
+            return line
+    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    return first[:200]
