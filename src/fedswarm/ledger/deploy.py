@@ -93,7 +93,7 @@ def long_zero_id(address: str) -> str | None:
 def mirror_contract_id(mirror_url: str, address: str, timeout: float = 30.0) -> str | None:
     """The contract's ``0.0.N`` from the mirror node (None when it does not know it yet)."""
     try:
-        r = httpx.get(f"{mirror_url.rstrip('/')}/api/v1/contracts/{address}", timeout=timeout)
+        r = httpx.get(f"{mirror_url.rstrip('/')}/api/v1/contracts/{address.lower()}", timeout=timeout)
         if r.status_code != 200:
             return None
         value = r.json().get("contract_id")
