@@ -30,8 +30,9 @@ def test_create_submit_tail_verify(devnet: Path, tmp_path: Path, capsys: pytest.
     # Prepare: a topic via the CLI, messages via the factory-made log
     assert main(["audit", "topic", "create", "--memo", "cli", "--home", str(devnet),
                  "--node-home", str(tmp_path / "node")]) == 0
-    topic = capsys.readouterr().out.strip().splitlines()[-1]
-    assert topic.startswith("0.0.")
+    line = capsys.readouterr().out.strip().splitlines()[-1]
+    assert line.startswith("TOPIC_ID=0.0.")
+    topic = line.removeprefix("TOPIC_ID=")
     settings = load_settings(FEDSWARM_DEVNET_HOME=str(devnet))
     log = make_audit_log(settings, load_identity(tmp_path / "node"))
     for i in range(5):

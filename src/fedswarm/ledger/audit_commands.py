@@ -47,7 +47,7 @@ def register(subparsers: Any) -> None:
 
     topic = sub.add_parser("topic", help="topics")
     tsub = topic.add_subparsers(dest="topic_command", metavar="ACTION", required=True)
-    create = tsub.add_parser("create", help="create a topic and print its id")
+    create = tsub.add_parser("create", help="create a topic and print TOPIC_ID=<id> (no submit key: readers check signed envelopes)")
     create.add_argument("--memo", default="")
     create.add_argument("--node-home", default=None, help="node home whose key signs (devnet)")
     common(create)
@@ -188,5 +188,6 @@ def _create(args: argparse.Namespace) -> int:
     except AuditError as exc:
         print(f"fedswarm: {exc}", file=sys.stderr)
         return 2
-    print(topic)
+    # Node-level audit logs go to TOPIC_ID; each job still gets its own topic from its client.
+    print(f"TOPIC_ID={topic}")
     return 0
