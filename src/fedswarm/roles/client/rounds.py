@@ -29,9 +29,6 @@ from fedswarm.roles.client.training import max_update_bytes, unit_training
 from fedswarm.storage.sealed import JobObjects, StoredRef, seal, seal_key_b64
 
 URL_TTL_SLACK_S = 600  # presigned URLs outlive the round deadline by this much
-# A trainer's UnitDone (with its report: sample count, loss) follows its commit within moments;
-# a commit seen only on chain stands in for it after this long (a restart, a lost message).
-CHAIN_GRACE_S = 10.0
 UnitEvent = tuple[str, UnitFailed | None]  # (sender peer, message); None: a unit's record changed
 Inbox = trio.MemoryReceiveChannel[UnitEvent]
 
@@ -48,7 +45,6 @@ class Rounds:
         self.checked = checked
         self.cancel_requested = cancel_requested
         self._inbox: dict[str, tuple[trio.MemorySendChannel[UnitEvent], Inbox]] = {}
-        self._seen_on_chain: dict[tuple[str, int, int], float] = {}
 
     async def run_rounds(self, job: JobRecord) -> None:
         """Run the job's remaining rounds, then mark it ``finishing``."""
