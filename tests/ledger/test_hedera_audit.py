@@ -105,6 +105,15 @@ def test_limits_and_bad_credentials() -> None:
         HederaAuditLog(None, None, network="moon")
 
 
+def test_old_import_path_is_the_moved_class() -> None:
+    # HederaAuditLog lives in audit_hedera; fedswarm.ledger.audit re-exports it (imported above).
+    from fedswarm.ledger import audit, audit_hedera
+
+    assert HederaAuditLog is audit_hedera.HederaAuditLog is audit.HederaAuditLog
+    with pytest.raises(AttributeError):
+        audit.NoSuchName  # noqa: B018
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(
     not (os.environ.get("OPERATOR_ID") and os.environ.get("OPERATOR_KEY")),

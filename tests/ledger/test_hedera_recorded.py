@@ -15,7 +15,8 @@ import pytest
 from eth_account import Account
 from web3 import Web3
 
-from fedswarm.ledger.audit import AuditError, HederaAuditLog
+from fedswarm.ledger.audit import AuditError
+from fedswarm.ledger.audit_hedera import HederaAuditLog
 from fedswarm.ledger.contract import load_artifact
 from fedswarm.ledger.deploy import DeployError, deploy
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from typing import Any
 
 from fedswarm.config import ConfigError, Settings
-from fedswarm.ledger.audit import AuditLog, HederaAuditLog, LocalAuditLog
+from fedswarm.ledger.audit import AuditLog, LocalAuditLog
+from fedswarm.ledger.audit_hedera import HederaAuditLog
 
 
 def make_audit_log(settings: Settings, identity: Any | None = None) -> AuditLog:
