@@ -27,10 +27,13 @@ from fedswarm.p2p.node import RpcError
 from fedswarm.protocol.job import Ack, UnitDone, UnitReceipt, UnitRefused, UpdateKey, WorkUnit
 from fedswarm.roles.trainer.checks import check_receipt, check_refusal
 from fedswarm.roles.trainer.core import PERMANENT_RPC_CODES, Key, TrainerCore, UnitError, log
-from fedswarm.roles.trainer.records import JobRecord, UnitRecord, UnitState
+from fedswarm.roles.trainer.records import JobRecord, ReceiptStatus, UnitRecord, UnitState
 from fedswarm.storage import sealed
 
 KEY_GRACE_S = 60.0  # the update's key is still offered this long after the unit's deadline
+# A receipt settled on chain -> the state its unit shows.
+RECEIPT_UNIT_STATES = {ReceiptStatus.PAID: UnitState.PAID, ReceiptStatus.REJECTED: UnitState.REJECTED,
+                       ReceiptStatus.CLAIMED: UnitState.CLAIMED}
 
 
 class Delivery(TrainerCore):
@@ -166,13 +169,23 @@ class Delivery(TrainerCore):
                     self._audit(wu.audit_topic, wu.job_id, "error", wu.round, wu.unit,
                                 reason=f"client did not take the update's key: {exc}"[:300])
                     self.db.set_unit(rec.key, UnitState.RECEIPTED, reason=f"key not taken: {exc}"[:500])
+                    self._settled_meanwhile(rec.key)
                     self._cleanup(rec.key)
                     return
                 await trio.sleep(delay)
                 delay = min(delay * 2, 5.0)
                 continue
             self.db.set_unit(rec.key, UnitState.DELIVERED, update_key=None)
+            self._settled_meanwhile(rec.key)
             self._audit(wu.audit_topic, wu.job_id, "delivered", wu.round, wu.unit)
             self.stats.bump("units_delivered")
             self._cleanup(rec.key)
             return
+
+    def _settled_meanwhile(self, key: Key) -> None:
+        """The claim loop follows a receipt while its key is handed over but leaves the unit's
+        state to the handover: show a settlement it saw meanwhile now."""
+        receipt = self.db.receipt(*key)
+        state = RECEIPT_UNIT_STATES.get(receipt.status) if receipt is not None else None
+        if state is not None:
+            self.db.set_unit(key, state)

@@ -85,8 +85,9 @@ class Payments(TrainerCore):
         claimed_for: tuple[str, str] | None = None
         views: dict[str, JobView] = {}
         for rec in self.db.receipts(status=ReceiptStatus.HELD):
-            if rec.key in self._running:
-                continue  # its key is still being handed over
+            # A unit whose key is still being handed over (to a client that may be gone for
+            # good) is followed and claimed all the same: the receipt pays either way, and the
+            # handover may outlast the job's release. Its unit state is the handover's to set.
             escrow = self.escrow_at(rec.contract)
             receipt = Receipt.from_json(rec.receipt)
             state = await trio.to_thread.run_sync(escrow.unit, receipt.job_key, rec.round, rec.unit)
@@ -95,7 +96,8 @@ class Payments(TrainerCore):
                                             or state.trainer.lower() == self.identity.address.lower()):
                 status, unit_state = SETTLED[state.status]
                 self.db.set_receipt(rec.key, status)
-                self.db.set_unit(rec.key, unit_state)
+                if rec.key not in self._running:
+                    self.db.set_unit(rec.key, unit_state)
                 self._audit(topic, rec.job_id, status.value, rec.round, rec.unit)
                 continue
             if state.status != UnitStatusV2.NONE:
@@ -129,7 +131,8 @@ class Payments(TrainerCore):
                 self.db.set_receipt(rec.key, ReceiptStatus.LAPSED)
             return False
         self.db.set_receipt(rec.key, ReceiptStatus.CLAIMED, tx=tx.tx_hash)
-        self.db.set_unit(rec.key, UnitState.CLAIMED)
+        if rec.key not in self._running:
+            self.db.set_unit(rec.key, UnitState.CLAIMED)
         self._audit(self._topic(rec.job_id), rec.job_id, "claimed", rec.round, rec.unit, tx=tx.tx_hash)
         self.stats.bump("units_claimed")
         return True
