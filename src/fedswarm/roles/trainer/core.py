@@ -208,9 +208,10 @@ class TrainerCore:
 
     # -- audit ---------------------------------------------------------------------------------
 
-    def _audit(self, topic: str, job_id: str, state: str, round_: int | None = None,
+    def _audit(self, topic: str, job_id: str | None, state: str, round_: int | None = None,
                unit: int | None = None, **details: Any) -> None:
-        """Queue one audit message (never blocks; the sender keeps their order)."""
+        """Queue one audit message (never blocks; the sender keeps their order); ``job_id``
+        None: a node-level message (on ``TOPIC_ID``)."""
         msg: dict[str, Any] = {"v": 1, "peer": self.peer_id, "role": "trainer", "job": job_id,
                                "round": round_, "unit": unit, "state": state, "ts": round(time.time(), 3)}
         msg.update(details)

@@ -38,7 +38,9 @@ class Payments(TrainerCore):
 
     async def _withdraw(self, job_id: str | None, audit_topic: str | None) -> None:
         """Withdraw our pending pay from the job's escrow (and from our default escrow and the
-        v1 contract, if they hold any); audit it on ``audit_topic``."""
+        v1 contract, if they hold any); audit it on ``audit_topic``, or, for a withdrawal with
+        no job topic (node-level), on the node's ``TOPIC_ID`` when one is set."""
+        topic = audit_topic or self.audit.default_topic
         job = self.db.job(job_id) if job_id else None
         sources: list[EscrowV2 | Ledger] = [self.escrow, self.ledger]
         if job is not None and job.contract and job.contract != self.contract:
@@ -51,8 +53,8 @@ class Payments(TrainerCore):
                 receipt = await trio.to_thread.run_sync(source.withdraw, limiter=self._chain_limiter)
                 log.info("withdrew %d wei (tx %s)", pending, receipt.tx_hash)
                 self.stats.bump("withdrawals")
-                if audit_topic and job_id:
-                    self._audit(audit_topic, job_id, "withdrawn", amount_wei=str(pending), tx=receipt.tx_hash)
+                if topic:
+                    self._audit(topic, job_id, "withdrawn", amount_wei=str(pending), tx=receipt.tx_hash)
             except Exception as exc:
                 log.warning("withdraw failed: %s", one_line(exc))
         with contextlib.suppress(Exception):
