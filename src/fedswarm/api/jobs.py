@@ -114,6 +114,12 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
     }
 
 
+def audit_writers(role: ClientRole, job: JobRecord) -> list[str]:
+    """Who may write to ``job``'s audit topic: the operator (this client node's wallet) and
+    the job's trainers (the addresses of its chosen and standby bids)."""
+    return [role.identity.address, *(bid["address"] for bid in [*job.chosen, *job.standby] if bid.get("address"))]
+
+
 def escrow_detail(job: JobRecord, esc: EscrowRecord) -> dict[str, Any]:
     """The job's escrow: where it was funded, money in and out, when the payer can release the
     reservations, and every transaction the client sent for it (by kind, with gas)."""
@@ -203,6 +209,23 @@ def job_parts(role: ClientRole) -> RoleParts:
     @router.get("/jobs/{job_id}")
     async def job_status(job_id: str) -> dict[str, Any]:
         return job_detail(role, get_job(job_id))
+
+    @router.get("/jobs/{job_id}/audit")
+    async def job_audit(job_id: str) -> dict[str, Any]:
+        """The job's audit topic, chain-verified, each message's signed envelope checked
+        against the job's writers (:func:`audit_writers`); a message from anyone else is
+        shown, marked."""
+        from fedswarm.web import read_audit
+
+        job = get_job(job_id)
+        if not job.audit_topic:
+            raise ApiError(f"job {job_id} has no audit topic yet", 404)
+        try:
+            return await trio.to_thread.run_sync(read_audit, None, job.audit_topic,
+                                                 audit_writers(role, job), role.audit)
+        except Exception as exc:  # a dead or unreachable log is a state to show, not a crash
+            first = str(exc).splitlines()[0] if str(exc) else exc.__class__.__name__
+            raise ApiError(f"cannot read audit topic {job.audit_topic}: {first[:300]}", 502) from None
 
     @router.post("/jobs/{job_id}/cancel")
     async def cancel_job(job_id: str) -> dict[str, Any]:

@@ -2,19 +2,24 @@
 
 Everything under ``static/`` ships with the package (no CDN, no runtime fetch elsewhere). The
 app talks only to the node's REST API and its server-sent events. Besides the static files,
-this module adds one read-only JSON route the job page needs: the job's audit topic read from
-the mirror-style endpoint and verified (running-hash chain) on the server.
+this module adds one read-only JSON route: an audit topic read from the mirror-style endpoint and
+verified (running-hash chain) on the server. The job page uses the client's
+``/api/v1/jobs/{id}/audit`` instead (:mod:`fedswarm.api.jobs`), which also checks every
+message's signed envelope against the job's operator and trainers through :func:`read_audit`.
 """
 
 from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+
+if TYPE_CHECKING:
+    from fedswarm.ledger.audit import AuditLog
 
 STATIC_DIR = Path(__file__).resolve().parent / "static"
 TOPIC_RE = re.compile(r"^\d{1,10}\.\d{1,10}\.\d{1,18}$")
@@ -77,25 +82,34 @@ def ui_pages(role: str) -> list[str]:
     return ["network", "new", "history", "job", "settings"] if role == "client" else base
 
 
-def read_audit(settings: Any | None, topic_id: str) -> dict[str, Any]:
+def read_audit(settings: Any | None, topic_id: str, allowed: list[str] | None = None,
+               log: AuditLog | None = None) -> dict[str, Any]:
     """Every message of ``topic_id`` (chunks re-assembled, payloads decoded) and the result of
-    verifying the whole running-hash chain from the topic's first message."""
+    verifying the whole running-hash chain from the topic's first message.
+
+    With ``allowed`` (the job's writers: its operator and trainers) each message also gets a
+    ``check`` (``status`` ok / unsigned / bad_signature / stranger / not_json, ``signer``,
+    ``reason``), the verdict :meth:`AuditLog.read_checked` gives, taken on the same single read
+    the chain was verified on; ``not_ok`` counts the rest. ``log`` is the caller's own audit log
+    (left open); without it a read-only one is made from ``settings`` and closed after."""
     from fedswarm.config import load_settings
     from fedswarm.ledger.audit import ChunkAssembler
+    from fedswarm.ledger.audit_envelope import check_envelope
     from fedswarm.ledger.audit_factory import make_audit_log
     from fedswarm.ledger.runninghash import ZERO_HASH
     from fedswarm.ledger.verify import verify_messages
 
-    log = make_audit_log(settings or load_settings(), None)
+    own = log is None
+    reader = make_audit_log(settings or load_settings(), None) if log is None else log
     raw: list[dict[str, Any]] = []
     try:
-        for msg in log.iter_raw(topic_id):
+        for msg in reader.iter_raw(topic_id):
             raw.append(msg)
             if len(raw) >= MAX_AUDIT_MESSAGES:
                 break
     finally:
-        close = getattr(log, "close", None)
-        if close:
+        close = getattr(reader, "close", None)
+        if own and close:
             close()
     result = verify_messages(raw, ZERO_HASH, topic_id=topic_id)
     assembler = ChunkAssembler()
@@ -104,13 +118,21 @@ def read_audit(settings: Any | None, topic_id: str) -> dict[str, Any]:
         whole = assembler.add(msg)
         if whole is None:
             continue
+        payload: Any
+        body: Any
         try:
-            body: Any = whole.json()
+            payload = body = whole.json()
         except ValueError:
-            body = {"raw": whole.payload[:200].decode("utf-8", "replace")}
-        entries.append({"sequence": whole.last_sequence, "timestamp": whole.consensus_timestamp,
-                        "payer": whole.payer_account_id, "body": body})
+            payload, body = None, {"raw": whole.payload[:200].decode("utf-8", "replace")}
+        entry = {"sequence": whole.last_sequence, "timestamp": whole.consensus_timestamp,
+                 "payer": whole.payer_account_id, "body": body}
+        if allowed is not None:
+            check = check_envelope(topic_id, whole.last_sequence, payload, allowed)
+            entry["check"] = {"status": check.status, "signer": check.signer, "reason": check.reason}
+        entries.append(entry)
     return {"topic": topic_id, "messages": entries, "raw_count": len(raw),
             "verified": bool(result.ok) and bool(raw), "checked": result.checked,
             "reason": None if result.ok else result.describe(),
-            "running_hash": result.running_hash.hex() if raw else None}
+            "running_hash": result.running_hash.hex() if raw else None,
+            "signers_checked": allowed is not None,
+            "not_ok": sum(1 for e in entries if e.get("check", {}).get("status", "ok") != "ok")}

@@ -296,9 +296,9 @@ function jobPage(jobId) {
     const evs = (job.events || []).slice(-30).reverse().map((e) => h("li", {}, h("time", {}, when(e.ts)), " ", e.msg || JSON.stringify(e)));
     fill(eventsBox, h("details", {}, h("summary", {}, `Node timeline (${(job.events || []).length} events)`), h("ul", { class: "events" }, evs)));
     if (job.audit_topic && !auditTimer) {
-      auditTimer = setInterval(() => loadAudit(job.audit_topic, auditBox), 3000);
+      auditTimer = setInterval(() => loadAudit(jobId, job.audit_topic, auditBox), 3000);
       onLeave(() => clearInterval(auditTimer));
-      loadAudit(job.audit_topic, auditBox);
+      loadAudit(jobId, job.audit_topic, auditBox);
     }
   };
 
@@ -311,7 +311,7 @@ function jobPage(jobId) {
   es.addEventListener("job", (ev) => { try { render(JSON.parse(ev.data)); } catch { /* a bad frame: wait for the next */ } });
   es.addEventListener("end", () => {
     es.close();
-    if (last && last.audit_topic) setTimeout(() => loadAudit(last.audit_topic, auditBox), 1500);
+    if (last && last.audit_topic) setTimeout(() => loadAudit(jobId, last.audit_topic, auditBox), 1500);
     if (auditTimer) setTimeout(() => clearInterval(auditTimer), 8000);
   });
   onLeave(() => es.close());
@@ -337,18 +337,30 @@ async function cancel(jobId, err) {
   try { await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/cancel`, { method: "POST" }); } catch (exc) { fill(err, alertBox(exc.message, "cancel-error")); }
 }
 
-async function loadAudit(topic, box) {
+// What the job page says about a message whose signed envelope is not from the job's
+// operator or trainers (the topic has no submit key: anyone can write to it).
+const CHECK_LABEL = { ok: "signed", unsigned: "unsigned", bad_signature: "bad signature", stranger: "stranger", not_json: "not an envelope" };
+
+async function loadAudit(jobId, topic, box) {
   try {
-    const a = await api(`/api/v1/audit/${encodeURIComponent(topic)}`);
+    const a = await api(`/api/v1/jobs/${encodeURIComponent(jobId)}/audit`);
     const status = a.verified
       ? h("p", { class: "ok", "data-testid": "audit-status", "data-verified": "true" }, `✔ chain verified: ${a.checked} messages, running hash ${short(a.running_hash || "", 16)}`)
       : h("p", { class: "error", "data-testid": "audit-status", "data-verified": "false" }, a.raw_count ? `✘ verification failed: ${a.reason}` : "no messages yet");
+    const flagged = a.not_ok
+      ? h("p", { class: "error", "data-testid": "audit-flagged", "data-count": String(a.not_ok) }, `⚠ ${a.not_ok} message(s) not signed by this job's trainers or operator: marked below, do not trust their content`)
+      : null;
     const rows = a.messages.slice().reverse().map((m) => {
       const b = m.body || {};
-      const rest = Object.entries(b).filter(([k]) => k !== "state" && k !== "job_id" && k !== "job").map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
-      return h("tr", {}, h("td", {}, String(m.sequence)), h("td", {}, b.state || "—"), h("td", { class: "wrap" }, rest));
+      const c = m.check || { status: "ok" };
+      const rest = Object.entries(b).filter(([k]) => k !== "state" && k !== "job_id" && k !== "job" && k !== "sig").map(([k, v]) => `${k}=${typeof v === "object" ? JSON.stringify(v) : v}`).join(" ");
+      const who = c.status === "ok"
+        ? h("td", { title: c.signer || "" }, h("span", { class: "ok" }, "✔ "), short(c.signer || "", 8))
+        : h("td", { title: c.reason || "" }, h("strong", {}, `⚠ ${CHECK_LABEL[c.status] || c.status}`));
+      return h("tr", { "data-check": c.status, class: c.status === "ok" ? null : "untrusted" },
+        h("td", {}, String(m.sequence)), who, h("td", {}, b.state || "—"), h("td", { class: "wrap" }, rest));
     });
-    fill(box, status, table(`Messages on topic ${topic}, newest first`, ["seq", "state", "details"], rows, { "data-testid": "audit-table", class: "compact" }));
+    fill(box, status, flagged, table(`Messages on topic ${topic}, newest first`, ["seq", "signer", "state", "details"], rows, { "data-testid": "audit-table", class: "compact" }));
   } catch (exc) {
     fill(box, h("p", { class: "error", "data-testid": "audit-status", "data-verified": "false" }, `audit log unavailable: ${exc.message}`));
   }
