@@ -379,11 +379,19 @@ def measure_job(job: dict[str, Any], t_submit: float, model: str, mode: str, ree
     rd = sorted(job["rounds_detail"], key=lambda r: r["round"])
     units = job.get("units", [])
     per_round = []
-    for r in rd:
+    # A round's wall runs from its first assignment to the next round's (settlement is off the
+    # round's path: the next round starts once this one is checked); the last round's ends when
+    # it is checked. "seconds" in the job detail runs to settlement, kept as settled_s.
+    starts = {r["round"]: min((u["assigned_at"] for u in units if u["round"] == r["round"] and u.get("assigned_at")),
+                              default=None) for r in rd}
+    for i, r in enumerate(rd):
         secs = [u["seconds"] for u in units if u["round"] == r["round"] and u.get("seconds") is not None]
         slowest = max(secs) if secs else 0.0
-        per_round.append({"round": r["round"], "wall_s": r["seconds"], "slowest_trainer_s": slowest,
-                          "overhead_s": r["seconds"] - slowest, "units": r["units"]})
+        nxt = starts.get(rd[i + 1]["round"]) if i + 1 < len(rd) else None
+        here = starts.get(r["round"])
+        wall = (nxt - here) if nxt is not None and here is not None else r.get("check_seconds", r["seconds"])
+        per_round.append({"round": r["round"], "wall_s": wall, "slowest_trainer_s": slowest,
+                          "overhead_s": wall - slowest, "units": r["units"], "settled_s": r["seconds"]})
     first = min(r["round"] for r in rd)
     steady = [p for p in per_round if p["round"] >= first + 1] or per_round
     rounds = len(rd)

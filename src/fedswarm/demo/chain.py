@@ -118,7 +118,8 @@ def escrow_block(books: JobBooks, devnet: Devnet) -> dict[str, Any]:
     v = books.view
     by = (books.released_by or "").lower()
     faucet = Account.from_key(devnet.state["chain"]["faucet_key"]).address.lower()
-    label = {v.operator.lower(): "operator", v.payer.lower(): "payer", faucet: "demo"}.get(by, by or None)
+    # The client's wallet is both payer and operator for now: call it the operator then.
+    label = {v.payer.lower(): "payer", v.operator.lower(): "operator", faucet: "demo"}.get(by, by or None)
     return {"contract": books.contract, "job_key": "0x" + books.job_key.hex(),
             "status": v.status.name.lower(), "deposited_wei": books.deposited,
             "paid_wei": books.paid, "refunded_wei": books.refunded, "held_wei": books.held,

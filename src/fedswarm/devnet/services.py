@@ -47,6 +47,10 @@ STOP_TIMEOUT_S = 10.0
 # any chain wait on a job's hot path shows up in tests, the demo and the benchmarks.
 # 0 (``--block-time 0``) mines on every transaction instead.
 DEFAULT_BLOCK_TIME_S = 2.0
+# At block time 0 every transaction is mined at once, and an empty block still comes every
+# second: on a chain mining only on transactions the clock stops while nobody sends one, and a
+# call gated on time (a job's release) would never pass its gas estimate.
+CLOCK_TICK_S = 1.0
 
 Popen = subprocess.Popen  # the start functions return Popen[bytes]
 
@@ -119,7 +123,8 @@ class Devnet:
         ``ports`` maps ``store``/``chain``/``audit`` to a port; a port given there must be
         free. Otherwise the previous run's port is reused when free, else the OS picks one.
         ``block_time`` (seconds, default 2) makes anvil mine on a timer like Hedera; 0 or None
-        mines on every transaction. devnet.json records it as ``chain.block_time`` (0: instant).
+        mines on every transaction (plus an empty block every CLOCK_TICK_S so the chain's
+        clock moves). devnet.json records it as ``chain.block_time`` (0: instant).
         Raises :class:`DevnetError` (nothing left running) if any service fails to start or
         another devnet already runs on ``home``.
         """
@@ -147,7 +152,8 @@ class Devnet:
             chosen = {s: _choose_port(s, ports.get(s), previous) for s in SERVICES}
             starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
                 "store": lambda: start_local_store(home / "store", chosen["store"]),
-                "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time or None),
+                "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time or CLOCK_TICK_S,
+                                             mixed=not block_time),
                 "audit": lambda: start_audit_server(home / "audit" / "topics.db",
                                                     chosen["audit"]),
             }

@@ -45,12 +45,16 @@ class AnvilError(RuntimeError):
 
 
 def start_anvil(
-    state_dir: Path, port: int = 0, block_time: float | None = None, timeout: float = 60.0
+    state_dir: Path, port: int = 0, block_time: float | None = None, timeout: float = 60.0,
+    mixed: bool = False,
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start anvil for the devnet under ``state_dir`` and make sure the contract is deployed.
 
     ``port`` 0 lets anvil pick a free port (read back from its banner, so no race).
     ``block_time`` (seconds) mimics Hedera's ~2 s blocks; None mines on every transaction.
+    ``mixed`` with a ``block_time`` mines on every transaction and on the timer as well, so the
+    chain's clock moves while no transaction comes (a time-gated call such as a release can
+    then be estimated once its time has passed).
     Returns the process and ``{"chain": {rpc_url, chain_id, contract_address, deploy_block,
     escrow_v2_address, escrow_v2_deploy_block, escrow_v2_min_claim_window, deployer_key,
     faucet_key}}``. The caller stops the process (SIGTERM makes anvil write its
@@ -71,6 +75,8 @@ def start_anvil(
     ]
     if block_time:
         cmd += ["--block-time", str(block_time)]
+        if mixed:
+            cmd.append("--mixed-mining")
     logf = open(state_dir / LOG_FILE, "ab")  # noqa: SIM115 (the reader thread owns it)
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     found = threading.Event()
