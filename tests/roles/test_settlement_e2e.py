@@ -124,15 +124,38 @@ def _wait_chain_time(escrow: EscrowV2, t: int, timeout: float = 120) -> None:
         escrow.ledger.w3.provider.make_request("evm_mine", [])  # type: ignore[arg-type]
 
 
+def _owed_units(units: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The units the client's receipts and verdicts owe: every receipted unit not rejected on chain."""
+    return [u for u in units if u.get("receipt")
+            and not (u["verdict"] == "rejected" and u["settled"] and u["settle_tx"])]
+
+
 def _owed(job: dict[str, Any]) -> int:
-    """What the client's receipts and verdicts owe: every receipted unit not rejected on chain."""
-    return sum(u["price_wei"] for u in _receipted(job)
-               if not (u["verdict"] == "rejected" and u["settled"] and u["settle_tx"]))
+    """What the client's receipts and verdicts owe, in wei."""
+    return sum(u["price_wei"] for u in _owed_units(job["units"]))
+
+
+def _assert_money(books: JobBooks, units: list[dict[str, Any]]) -> None:
+    """The chain paid every trainer exactly its price times its owed units (each unit once, by
+    verdict or by claim), a registered trainer owed nothing (a standby never assigned) got
+    nothing, and once released the payer got back everything else."""
+    owed: dict[str, list[dict[str, Any]]] = {}
+    for u in _owed_units(units):
+        owed.setdefault(u["trainer_address"].lower(), []).append(u)
+    assert set(owed) <= set(books.trainers), (owed.keys(), books.as_dict())
+    for addr, t in books.trainers.items():
+        mine = owed.get(addr, [])
+        assert all(u["price_wei"] == t.price for u in mine), (addr, t.as_dict())
+        assert t.accepted + t.claimed == len(mine), (addr, t.as_dict(), len(mine))  # never twice
+        assert t.paid == t.price * len(mine), (addr, t.as_dict(), len(mine))
+    assert books.paid == sum(u["price_wei"] for us in owed.values() for u in us)
+    assert books.released and books.balanced, books.as_dict()
+    assert books.refunded == books.deposited - books.paid, books.as_dict()
 
 
 def test_honest_job_settles_off_the_round_path_and_a_squatter_changes_nothing(swarm_factory: Any) -> None:
-    s = swarm_factory(2)
-    job_id = s.submit(rounds=2)
+    s = swarm_factory(3)  # two chosen, one standby that is never assigned: registered, paid 0
+    job_id = s.submit(rounds=2, standby=1)
     job = s.wait(job_id, lambda j: j["escrow"]["job_key"] and j["state"] in ("escrowed", "running", "finishing", "done"),
                  what="funding")
     esc = job["escrow"]
@@ -158,6 +181,10 @@ def test_honest_job_settles_off_the_round_path_and_a_squatter_changes_nothing(sw
     assert books.released and books.balanced
     assert books.paid == sum(u["price_wei"] for u in job["units"] if u["verdict"] == "accepted") > 0
     assert esc["refunded_wei"] == books.refunded == books.deposited - books.paid
+    _assert_money(books, job["units"])
+    standby = next(t["address"] for t in job["trainers_detail"] if t["standby"]).lower()
+    assert standby in books.trainers and books.trainers[standby].units > 0
+    assert books.trainers[standby].paid == 0 and not any(u["trainer_address"].lower() == standby for u in job["units"])
     # Every round closed before the next started, with no chain transaction on its path: the
     # settle batches are in the settler's record, none at a round's boundary is required.
     assert all(r["state"] == "settled" for r in job["rounds_detail"])
@@ -179,6 +206,9 @@ def test_client_that_never_settles_is_paid_from_receipts(swarm_factory: Any) -> 
         assert time.monotonic() < deadline, books.as_dict()
         time.sleep(1)
     assert books.paid == sum(u["price_wei"] for u in receipted)
+    # The client's settler still releases the job once due (it never completed: after the deadline).
+    job = s.wait(job_id, lambda j: j["escrow"]["released"], timeout=180, what="the release")
+    _assert_money(s.books(job), job["units"])
 
 
 def test_client_killed_for_good_pays_receipts_and_anyone_releases(swarm_factory: Any) -> None:
@@ -208,9 +238,11 @@ def test_client_killed_for_good_pays_receipts_and_anyone_releases(swarm_factory:
     stranger.release(key)
     books = job_books(escrow, key)
     assert books.released and books.balanced and books.paid > 0
+    assert books.released_by and books.released_by.lower() == stranger.address.lower()
     payer = job["escrow"]["payer"]
     assert escrow.pending(payer) >= books.deposited - books.paid
     assert books.refunded == books.deposited - books.paid
+    _assert_money(books, db_job)
 
 
 def test_cancelled_job_still_pays_receipts_and_refunds_the_rest(swarm_factory: Any) -> None:
@@ -226,6 +258,7 @@ def test_cancelled_job_still_pays_receipts_and_refunds_the_rest(swarm_factory: A
     assert books.released and books.balanced
     assert books.paid == _owed(job) > 0  # every receipt paid: by verdict or by claim
     assert books.refunded == books.deposited - books.paid == job["escrow"]["refunded_wei"]
+    _assert_money(books, job["units"])
 
 
 def test_failed_job_refunds_its_payer(swarm_factory: Any) -> None:
@@ -241,6 +274,7 @@ def test_failed_job_refunds_its_payer(swarm_factory: Any) -> None:
     books = s.books(job)
     assert books.released and books.balanced
     assert books.refunded == books.deposited - books.paid == job["escrow"]["refunded_wei"]
+    _assert_money(books, job["units"])  # nothing owed: nothing paid, everything back
 
 
 def _client_records(home: Path, job_id: str) -> list[dict[str, Any]]:
