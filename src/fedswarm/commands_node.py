@@ -25,6 +25,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     node.add_argument("--max-settle-window", type=int, default=None, metavar="SECONDS",
                       help="trainer: refuse jobs whose settle window (how long the client may hold our pay "
                            "before we claim it ourselves) is longer (default 86400)")
+    node.add_argument("--max-client-rejection-rate", type=float, default=None, metavar="RATE",
+                      help="trainer: do not bid for clients whose operator rejected more than this share "
+                           "of at least 20 settled units on the escrow (default 0.5)")
     node.add_argument("--receipt-skew", type=int, default=None, metavar="SECONDS",
                       help="trainer: accept receipts issued at most this far from our clock (default 60)")
     node.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default 1)")
@@ -59,6 +62,7 @@ def cmd_node(args: argparse.Namespace, **role_classes: type) -> int:
         return 2
     opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "worker_idle_s": args.worker_idle,
             "max_settle_window_s": args.max_settle_window, "receipt_skew_s": args.receipt_skew,
+            "max_client_rejection_rate": args.max_client_rejection_rate,
             "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout}
     trio.run(lambda: run_node(role, settings, home, bootstrap, **role_classes, **opts))
     return 0

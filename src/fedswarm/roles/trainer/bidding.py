@@ -75,6 +75,10 @@ class Bidding(TrainerCore):
         except SignatureError as exc:
             self.stats.bump("announces_unsigned")
             return f"the announcement's operator signature does not hold: {exc}"
+        refusal = self.client_book.refusal(ann.operator)
+        if refusal:
+            self.stats.bump("announces_refused_client")
+            return f"the client's operator {refusal}"
         return None
 
     async def _bid(self, ann: JobAnnounce) -> None:

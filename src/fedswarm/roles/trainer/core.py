@@ -24,6 +24,7 @@ from fedswarm.ledger.audit import AuditLog
 from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.evm import Ledger
 from fedswarm.p2p.node import Node
+from fedswarm.roles.trainer.clients import ClientBook
 from fedswarm.roles.trainer.records import TrainerDB
 from fedswarm.storage.chunk_cache import ChunkCache
 
@@ -57,6 +58,10 @@ class TrainerOptions:
     # with its receipt, so this bounds how long a client may hold our pay.
     max_settle_window_s: int = DEFAULT_MAX_SETTLE_WINDOW_S
     receipt_skew_s: int = RECEIPT_SKEW_S
+    # Refuse to bid for an operator that rejected more than this share of at least
+    # min_client_units settled units (from the escrow's events).
+    max_client_rejection_rate: float = 0.5
+    min_client_units: int = 20
 
     @classmethod
     def from_opts(cls, opts: dict[str, object], node: Node, settings: Settings) -> TrainerOptions:
@@ -76,10 +81,14 @@ class TrainerOptions:
         skew_s = RECEIPT_SKEW_S if skew is None else int(skew)
         if skew_s < 0:
             raise ConfigError(f"--receipt-skew must be 0 or more seconds, got {skew_s}")
+        rate = _number(opts.get("max_client_rejection_rate"))
+        rate = 0.5 if rate is None else float(rate)
+        if not 0.0 <= rate <= 1.0:
+            raise ConfigError(f"--max-client-rejection-rate must be between 0 and 1, got {rate:g}")
         return cls(price_wei=price, worker_idle_s=idle_s,
                    claim_interval_s=float(_number(opts.get("claim_interval")) or 5.0),
                    allow_private_urls=settings.is_devnet, max_settle_window_s=window_s,
-                   receipt_skew_s=skew_s)
+                   receipt_skew_s=skew_s, max_client_rejection_rate=rate)
 
 
 def _number(value: object) -> int | float | None:
@@ -137,6 +146,9 @@ class TrainerCore:
         self.workdir = workdir
         self.options = options
         self.chunks = ChunkCache(workdir / "chunks", allow_private=options.allow_private_urls)
+        # Clients' rejection rates from the escrow's events (refreshed by the role's run()).
+        self.client_book = ClientBook(workdir, escrow, options.max_client_rejection_rate,
+                                      options.min_client_units)
         self.chain_id = chain_id
         self.contract = escrow.contract_address.lower()  # new jobs must name this escrow
         self._escrows: dict[str, EscrowV2] = {self.contract: escrow}

@@ -73,6 +73,7 @@ class Trainer(Bidding, UnitFlow, Payments):
             "jobs_stopped": sorted(j.job_id for j in self.db.jobs() if j.stopped),
             "escrow": self.escrow.contract_address,
             "max_settle_window_s": self.options.max_settle_window_s,
+            "clients": self.client_book.public(),
             "pending_wei": self.pending_wei,
             "price_wei": self.options.price_wei,
             "address": self.identity.address,
@@ -101,6 +102,7 @@ class Trainer(Bidding, UnitFlow, Payments):
                 await trio.to_thread.run_sync(self._drop_stale_chunks)
                 self._resume()
                 nursery.start_soon(self._claim_loop)
+                nursery.start_soon(self.client_book.run)
         finally:
             # The worker is a child process: stop it with the node. (The database stays open:
             # unit tasks being cancelled may still write their last state.)
