@@ -41,7 +41,9 @@ def _assert_no_chain_tx_per_unit(report: dict) -> None:
 def _assert_trail_and_result(report: dict) -> None:
     assert report["audit"]["verified"] and report["audit"]["messages"] > 10
     states = report["audit"]["states"]
-    for state in ("prepared", "escrowed", "downloading", "training", "committed", "round_settled", "done"):
+    # v2: deliveries are receipted off chain (nothing is committed on chain per unit)
+    for state in ("prepared", "escrowed", "downloading", "training", "uploaded", "receipted", "delivered",
+                  "round_settled", "done"):
         assert states.get(state, 0) >= 1, (state, states)
     res = report["result"]
     assert res["decrypted"] and res["other_key_refused"] and len(res["sha256"]) == 64
