@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -339,8 +340,10 @@ class _NpyMember:
         info = zf.getinfo(member)
         if info.file_size > limits.max_bytes:
             raise DatasetError(f"{name}: array {member!r} declares {info.file_size} bytes, over the cap of {limits.max_bytes}")
-        self.fh = zf.open(info)
         try:
+            # opening reads the member's local header, which may be corrupt even when the
+            # central directory parsed
+            self.fh = zf.open(info)
             version = np.lib.format.read_magic(self.fh)
             if version == (1, 0):
                 shape, fortran, dtype = np.lib.format.read_array_header_1_0(self.fh)
@@ -370,7 +373,10 @@ class _NpyMember:
 
     def read(self, rows: int) -> np.ndarray:
         want = rows * self.row_bytes
-        data = self.fh.read(want)
+        try:
+            data = self.fh.read(want)
+        except (zipfile.BadZipFile, OSError, EOFError, zlib.error) as exc:  # corrupt stream or CRC
+            raise DatasetError(f"{self.name}: array {self.member!r} is corrupt ({str(exc)[:100]})") from None
         if len(data) != want:
             raise DatasetError(f"{self.name}: array {self.member!r} is truncated")
         arr = np.frombuffer(data, dtype=self.dtype)
