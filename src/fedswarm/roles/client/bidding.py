@@ -11,7 +11,6 @@ client never funds twice.
 
 from __future__ import annotations
 
-import json
 import math
 import secrets
 import time
@@ -26,8 +25,9 @@ from fedswarm.ledger.escrow import TrainerTerms as ChainTrainer
 from fedswarm.market.bids import BidError, verify_bid
 from fedswarm.market.operator import sign_announcement
 from fedswarm.market.pricing import Quote, quote
-from fedswarm.market.reputation import Reputation, reputation_from_events
+from fedswarm.market.reputation import Reputation, SettlementBook, trainer_reputation
 from fedswarm.market.selection import JobRequirements, Selection, SelectionError, make_policy
+from fedswarm.market.settlement_sync import sync_book
 from fedswarm.p2p.node import Rejected
 from fedswarm.protocol.job import Bid, BidAck, JobAnnounce
 from fedswarm.protocol.messages import Role
@@ -136,19 +136,21 @@ class Bidding:
                             f"raise the cap to at least {asks[job.terms.trainers - 1]} wei")
 
     def _reputation(self) -> dict[str, Reputation]:
-        """Every trainer's record from the contract's events (cached in the node's home)."""
+        """Every trainer's record from the escrow's settlement events, read incrementally from
+        the contract's deployment block (book and cursor kept in the node's home)."""
         home = self.svc.home
+        book_path = home / "trainer-settlements.json"
         try:
-            events = self.svc.ledger.read_events(home / "chain-cursor.json")
-        except Exception as exc:
-            log.warning("reputation unavailable (%s); treating every trainer as new", exc)
-            return {}
-        cache = home / "chain-events.jsonl"
-        with cache.open("a") as fh:
-            for ev in events:
-                fh.write(json.dumps({"name": ev.name, "args": _jsonable(ev.args)}) + "\n")
-        history = [json.loads(line) for line in cache.read_text().splitlines() if line.strip()]
-        return reputation_from_events(history)
+            book = SettlementBook.load(book_path)
+        except (OSError, ValueError, TypeError) as exc:
+            log.warning("settlement records unreadable (%s); re-reading them from the chain", exc)
+            book = SettlementBook()
+            (home / "trainer-settlements-cursor.json").unlink(missing_ok=True)
+        try:
+            sync_book(book, book_path, home / "trainer-settlements-cursor.json", self.svc.escrow)
+        except Exception as exc:  # the chain being away must not stop selection
+            log.warning("reputation not refreshed (%s); using the records read so far", exc)
+        return trainer_reputation(book.all())
 
     async def escrow(self, job: JobRecord) -> None:
         """Fund the job on FedSwarmEscrowV2 (one transaction, chosen and standby trainers
@@ -208,13 +210,3 @@ class Bidding:
     async def _on_job_topic(self, sender: str, msg: Any) -> None:
         return None  # the client only publishes on its job topics
 
-
-def _jsonable(obj: Any) -> Any:
-    """Chain event arguments as JSON (bytes become 0x-hex)."""
-    if isinstance(obj, bytes):
-        return "0x" + obj.hex()
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return [_jsonable(v) for v in obj]
-    return obj

@@ -15,8 +15,8 @@ from pathlib import Path
 import trio
 
 from fedswarm.ledger.escrow import EscrowV2
-from fedswarm.ledger.evm import EventCursor
 from fedswarm.market.reputation import ClientRecord, SettlementBook, client_records, client_refusal
+from fedswarm.market.settlement_sync import sync_book
 
 log = logging.getLogger("fedswarm.trainer")
 REFRESH_S = 30.0
@@ -36,17 +36,9 @@ class ClientBook:
 
     def refresh(self) -> int:
         """Read the events since the cursor (blocking: call in a thread); returns how many."""
-        cursor = EventCursor(self.cursor_path, self.escrow.deploy_block)  # never from block 0
-        start = cursor.load()
-        latest = self.escrow.block_number()
-        if latest < start:
-            return 0
-        events = self.escrow.ledger.read_events(None, from_block=start, to_block=latest)
-        self.book.ingest(events)
-        self.book.save(self.book_path)  # before the cursor: a crash re-reads, never skips
-        cursor.save(latest + 1)
+        read = sync_book(self.book, self.book_path, self.cursor_path, self.escrow)
         self.clients = client_records(self.book.all())
-        return len(events)
+        return read
 
     def refusal(self, *parties: str | None) -> str | None:
         """Why not to bid for a job with these payer/operator addresses (None: bid)."""
