@@ -167,6 +167,10 @@ class TrainerCore:
         # Ledger writes one at a time: one account, one nonce sequence.
         self._chain_limiter = trio.CapacityLimiter(1)
         self._audit_send, self._audit_recv = trio.open_memory_channel[tuple[str, dict[str, Any]]](2048)
+        self._register_rpc()
+
+    def _register_rpc(self) -> None:
+        """Subscribe the role's RPC handlers on the node (the full role overrides this)."""
 
     def escrow_at(self, contract: str) -> EscrowV2:
         """The v2 client for the escrow at ``contract`` (a job stays on the one it was funded

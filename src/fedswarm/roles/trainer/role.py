@@ -15,11 +15,7 @@ from typing import Any
 import trio
 
 from fedswarm.config import Settings
-from fedswarm.identity import Identity
 from fedswarm.learning.worker import TrainingWorker
-from fedswarm.ledger.audit import AuditLog
-from fedswarm.ledger.escrow import EscrowV2
-from fedswarm.ledger.evm import Ledger
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.job import WorkUnit
 from fedswarm.protocol.topics import MARKET_TOPIC, PRESENCE_TOPIC
@@ -43,21 +39,8 @@ class Trainer(Bidding, UnitFlow, Payments):
     (ledger, storage, worker, audit) runs in threads, never on the trio loop.
     """
 
-    def __init__(
-        self,
-        node: Node,
-        identity: Identity,
-        ledger: Ledger,
-        audit: AuditLog,
-        worker: TrainingWorker,
-        db: TrainerDB,
-        workdir: Path,
-        options: TrainerOptions,
-        chain_id: int,
-        escrow: EscrowV2,
-    ) -> None:
-        super().__init__(node, identity, ledger, audit, worker, db, workdir, options, chain_id, escrow)
-        node.on_rpc(WorkUnit, self._on_work_unit)
+    def _register_rpc(self) -> None:
+        self.node.on_rpc(WorkUnit, self._on_work_unit)
 
     # -- what the node runtime and the HTTP layer use ------------------------------------------
 
