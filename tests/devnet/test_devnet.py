@@ -30,6 +30,7 @@ from fedswarm.devnet import (
 )
 from fedswarm.devnet.services import pid_alive
 from fedswarm.identity import load_identity
+from fedswarm.ledger.audit_envelope import signer_of
 from fedswarm.ledger.audit_factory import make_audit_log
 from fedswarm.ledger.factory import make_ledger
 from fedswarm.storage.download import download
@@ -126,7 +127,10 @@ def test_devnet_serves_store_ledger_audit_and_survives_restart(
         topic = audit.create_topic("devnet test")
         audit.submit(topic, {"state": "joined", "n": 1})
         msgs = list(audit.iter_messages(topic))
-        assert [m.json() for m in msgs] == [{"state": "joined", "n": 1}]
+        body = msgs[0].json()
+        # every message carries the node wallet's signed envelope (readers check authorship)
+        assert signer_of(topic, body).lower() == node.address.lower()
+        assert [{k: v for k, v in m.json().items() if k != "sig"} for m in msgs] == [{"state": "joined", "n": 1}]
 
         # Execute: `fedswarm devnet status` answers for all three
         rc, out, _ = run_cli(capsys, "devnet", "status", "--home", str(home), "--json")
@@ -165,7 +169,8 @@ def test_devnet_serves_store_ledger_audit_and_survives_restart(
         assert ledger2.balance() == balance_before
         assert ledger2.job(JOB_ID) is not None
         audit2 = make_audit_log(settings, node)
-        assert [m.json() for m in audit2.iter_messages(topic)] == [{"state": "joined", "n": 1}]
+        assert [{k: v for k, v in m.json().items() if k != "sig"}
+                    for m in audit2.iter_messages(topic)] == [{"state": "joined", "n": 1}]
     finally:
         net2.stop()
         kill_pids(second_pids)
