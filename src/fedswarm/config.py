@@ -68,6 +68,9 @@ class Settings(BaseSettings):
     operator_id: str | None = None
     operator_key: SecretStr | None = None
     contract_id: str | None = None
+    # The block the escrow was deployed in (printed by `fedswarm ledger deploy`): event scans
+    # start there, never at block 0 (on Hedera that would be tens of thousands of relay calls).
+    contract_block: int = Field(default=0, ge=0)
     topic_id: str | None = None
     # Which key signs EVM transactions on Hedera: the node wallet (always the identity that bids
     # and is paid) or OPERATOR_KEY, allowed only when it *is* the node wallet's key.

@@ -57,3 +57,14 @@ def test_without_a_node_the_operator_signs() -> None:
     assert make_ledger(_settings(operator.key.hex()), None).address == operator.address
     with pytest.raises(ConfigError, match="OPERATOR_KEY is not set"):
         make_ledger(_settings(None), None)
+
+
+def test_hedera_escrow_scans_from_its_deployment_block() -> None:
+    # Prepare: a Hedera configuration naming the contract and the block it was deployed in
+    settings = Settings(_env_file=None, NETWORK="testnet", CONTRACT_ID="0.0.1234",  # type: ignore[call-arg]
+                        CONTRACT_BLOCK=5_000_000, OPERATOR_KEY="0x" + "22" * 32)
+    # Execute (nothing is sent: the client only needs the settings)
+    escrow = make_escrow(settings)
+    # Assert: event scans start at the deployment block, never at block 0
+    assert escrow.deploy_block == 5_000_000
+    assert escrow.chain_id == 296

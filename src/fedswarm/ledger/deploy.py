@@ -228,5 +228,6 @@ def run_deploy(args: argparse.Namespace) -> int:
         print(f"  the mirror node has no 0.0.N id yet: look it up later at {mirror}/api/v1/contracts/{dep.contract_address}")
     print(f"  deployed {CONTRACTS[dep.contract]} at block {dep.block} (tx {dep.tx_hash})"
           + (f", min claim window {dep.min_claim_window} s" if dep.min_claim_window else ""))
-    print("  event scans start at that block; set CONTRACT_ID on every node")
+    print(f"CONTRACT_BLOCK={dep.block}")
+    print("  set CONTRACT_ID and CONTRACT_BLOCK on every node: event scans start at that block")
     return 0

@@ -89,7 +89,8 @@ def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV
 
     Devnet: ``escrow_v2_address`` and ``escrow_v2_deploy_block`` of ``devnet.json``'s chain
     block, signing with the node's wallet key. Hedera: ``CONTRACT_ID`` names the v2 deployment
-    (v1 is read only for jobs funded before v2), the relay and signer as :func:`make_ledger`.
+    and ``CONTRACT_BLOCK`` its deployment block (v1 is read only for jobs funded before v2); the
+    relay and signer as :func:`make_ledger`.
     """
     if settings.is_devnet:
         chain = settings.devnet_state().get("chain") or {}
@@ -106,12 +107,15 @@ def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV
             chain_id=int(chain["chain_id"]),
             deploy_block=int(chain.get("escrow_v2_deploy_block", 0)),
         )
-    v1 = make_ledger(settings, identity)
-    return EscrowV2(
-        rpc_url=v1.rpc_url,
-        contract_address=v1.contract_address,
-        account=v1.account,
-        units=v1.units,
-        chain_id=v1.chain_id,
-        receipt_timeout=v1.receipt_timeout,
-    )
+    try:
+        return EscrowV2(
+            rpc_url=relay_url_for(settings.network, settings.relay_url),
+            contract_address=parse_contract_id(settings.contract_id),
+            account=evm_signer(settings, identity),
+            units=ValueUnits.hedera(),
+            chain_id=chain_id_for(settings.network),
+            deploy_block=settings.contract_block,
+            receipt_timeout=120.0,
+        )
+    except HederaConfigError as exc:
+        raise ConfigError(str(exc)) from None
