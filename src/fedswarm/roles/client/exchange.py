@@ -115,7 +115,9 @@ class Exchange:
         try:
             with tmp.open("wb") as fh:
                 self.svc.store.get(rec.update_key, fh, max_bytes=cap)
-            data = tmp.read_bytes()
+            with tmp.open("rb") as fh:  # hashed from disk in blocks: no second copy in memory
+                digest = hashlib.file_digest(fh, "sha256").hexdigest()
+            size = tmp.stat().st_size
         except ObjectTooLarge:
             tmp.unlink(missing_ok=True)
             raise RefuseDelivery("bad-object") from None
@@ -123,7 +125,7 @@ class Exchange:
             tmp.unlink(missing_ok=True)
             log.info("%s: unit %s/%s object unreadable: %s", job.job_id, rec.round, rec.unit, exc)
             raise RefuseDelivery("bad-object") from None
-        if hashlib.sha256(data).hexdigest() != msg.update_sha256 or len(data) != msg.update_size:
+        if digest != msg.update_sha256 or size != msg.update_size:
             tmp.unlink(missing_ok=True)
             raise RefuseDelivery("bad-object")
         tmp.replace(enc_path)
