@@ -51,6 +51,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--block-time", type=float, default=DEFAULT_BLOCK_TIME_S, metavar="SECONDS",
                     help=f"mine a block every SECONDS like Hedera (default {DEFAULT_BLOCK_TIME_S:g}; "
                          "0: mine on every transaction)")
+    up.add_argument("--host", default="127.0.0.1",
+                    help="address every service binds (default 127.0.0.1; another one only where other "
+                         "machines or network namespaces must reach the devnet)")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="check that each devnet endpoint answers")
@@ -126,7 +129,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = Console()
     try:
         try:
-            devnet = Devnet.start(_home(args), ports, block_time=args.block_time)
+            devnet = Devnet.start(_home(args), ports, block_time=args.block_time, host=args.host)
         except DevnetError as exc:
             return _fail(str(exc))
         try:

@@ -116,7 +116,8 @@ class Devnet:
 
     @classmethod
     def start(cls, home: Path, ports: Mapping[str, int] | None = None, *,
-              block_time: float | None = DEFAULT_BLOCK_TIME_S, timeout: float = 90.0) -> Devnet:
+              block_time: float | None = DEFAULT_BLOCK_TIME_S, timeout: float = 90.0,
+              host: str = "127.0.0.1") -> Devnet:
         """Start the store, anvil (contract deployed, ``--state`` under ``home/chain``) and the
         audit log in parallel, wait until all answer and write ``home/devnet.json``.
 
@@ -125,6 +126,8 @@ class Devnet:
         ``block_time`` (seconds, default 2) makes anvil mine on a timer like Hedera; 0 or None
         mines on every transaction (plus an empty block every CLOCK_TICK_S so the chain's
         clock moves). devnet.json records it as ``chain.block_time`` (0: instant).
+        ``host`` is the address every service binds (loopback by default; another address
+        only for a devnet that other machines or network namespaces must reach).
         Raises :class:`DevnetError` (nothing left running) if any service fails to start or
         another devnet already runs on ``home``.
         """
@@ -149,13 +152,13 @@ class Devnet:
         try:
             previous = _read_previous_state(home)
             _reap_orphans(home, previous)
-            chosen = {s: _choose_port(s, ports.get(s), previous) for s in SERVICES}
+            chosen = {s: _choose_port(s, ports.get(s), previous, host) for s in SERVICES}
             starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
-                "store": lambda: start_local_store(home / "store", chosen["store"]),
+                "store": lambda: start_local_store(home / "store", chosen["store"], host),
                 "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time or CLOCK_TICK_S,
-                                             mixed=not block_time),
+                                             mixed=not block_time, host=host),
                 "audit": lambda: start_audit_server(home / "audit" / "topics.db",
-                                                    chosen["audit"]),
+                                                    chosen["audit"], host=host),
             }
             procs, info = _start_all(starters)
         except BaseException:
@@ -363,28 +366,29 @@ def _reap_orphans(home: Path, previous: Mapping[str, Any]) -> None:
                 os.kill(pid, 9)
 
 
-def _port_free(port: int) -> bool:
+def _port_free(port: int, host: str = "127.0.0.1") -> bool:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         # Same option the servers set, so a port in TIME_WAIT from our last run counts as free.
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
-            s.bind(("127.0.0.1", port))
+            s.bind((host, port))
         except OSError:
             return False
     return True
 
 
-def _choose_port(service: str, requested: int | None, previous: Mapping[str, Any]) -> int:
+def _choose_port(service: str, requested: int | None, previous: Mapping[str, Any],
+                 host: str = "127.0.0.1") -> int:
     if requested:
         if not 0 < requested < 65536:
             raise DevnetError(f"{service} port {requested} is out of range 1-65535")
-        if not _port_free(requested):
-            raise DevnetError(f"{service} port {requested} on 127.0.0.1 is in use; "
+        if not _port_free(requested, host):
+            raise DevnetError(f"{service} port {requested} on {host} is in use; "
                               "pick another or leave it out")
         return requested
     url = endpoint_url(previous, service)
     if url:
         port = urlsplit(url).port
-        if port and _port_free(port):
+        if port and _port_free(port, host):
             return port
     return 0

@@ -46,7 +46,7 @@ class AnvilError(RuntimeError):
 
 def start_anvil(
     state_dir: Path, port: int = 0, block_time: float | None = None, timeout: float = 60.0,
-    mixed: bool = False,
+    mixed: bool = False, host: str = "127.0.0.1",
 ) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
     """Start anvil for the devnet under ``state_dir`` and make sure the contract is deployed.
 
@@ -54,7 +54,8 @@ def start_anvil(
     ``block_time`` (seconds) mimics Hedera's ~2 s blocks; None mines on every transaction.
     ``mixed`` with a ``block_time`` mines on every transaction and on the timer as well, so the
     chain's clock moves while no transaction comes (a time-gated call such as a release can
-    then be estimated once its time has passed).
+    then be estimated once its time has passed). ``host`` is the address anvil binds
+    (loopback by default; a network test bed puts the devnet on a host of its own).
     Returns the process and ``{"chain": {rpc_url, chain_id, contract_address, deploy_block,
     escrow_v2_address, escrow_v2_deploy_block, escrow_v2_min_claim_window, deployer_key,
     faucet_key}}``. The caller stops the process (SIGTERM makes anvil write its
@@ -64,7 +65,7 @@ def start_anvil(
     state_dir.mkdir(parents=True, exist_ok=True)
     cmd = [
         str(tool_path("anvil")),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--hardfork", "cancun",
         "--chain-id", str(CHAIN_ID),

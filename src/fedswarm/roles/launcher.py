@@ -93,11 +93,14 @@ def spawn_node(
     extra_args: list[str] | None = None,
     env: dict[str, str] | None = None,
     fault: str | None = None,
+    wrap: list[str] | None = None,
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """Spawn ``fedswarm node ROLE`` without waiting; pair with :func:`wait_ready`.
 
     ``fault`` (``poison``, ``lazy`` for a trainer; ``never-settle`` for a client) starts the
     node through ``python -m fedswarm.testing.node`` with that fault-injecting double instead.
+    ``wrap`` prefixes the command line with a command that execs it (``ip netns exec NS``: the
+    node then runs in that network namespace, under the same pid).
     """
     home = Path(home)
     home.mkdir(parents=True, exist_ok=True)
@@ -105,7 +108,8 @@ def spawn_node(
     log_path = home / "node.log"
     logf = open(log_path, "ab")  # noqa: SIM115 - the child owns it for its lifetime
     full_env = {**os.environ, **(env or {}), "PYTHONUNBUFFERED": "1"}
-    popen = subprocess.Popen(node_argv(role, home, listen, api, bootstrap, extra_args, fault=fault),
+    argv = [*(wrap or []), *node_argv(role, home, listen, api, bootstrap, extra_args, fault=fault)]
+    popen = subprocess.Popen(argv,
                              stdout=logf, stderr=subprocess.STDOUT, env=full_env, start_new_session=True)
     logf.close()
     return popen, log_path
