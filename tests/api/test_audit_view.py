@@ -32,7 +32,7 @@ BASE = "http://127.0.0.1:8123"
 def fake_node() -> Any:
     return SimpleNamespace(role=Role.CLIENT, peer_id="12D3KooWfake", addrs=["/ip4/127.0.0.1/tcp/1"],
                            identity=SimpleNamespace(address="0x" + "11" * 20), started_at=0.0,
-                           stats={}, limits_status=lambda: {}, connected_peers=lambda: [])
+                           stats={}, limits_status=lambda: {}, gossip_status=lambda: {}, connected_peers=lambda: [])
 
 
 class MemoryAuditLog(AuditLog):

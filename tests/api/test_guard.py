@@ -55,7 +55,7 @@ class FakeRole:
 def fake_node() -> Any:
     return SimpleNamespace(role=Role.CLIENT, peer_id="12D3KooWfake", addrs=["/ip4/127.0.0.1/tcp/1"],
                            identity=SimpleNamespace(address="0x" + "11" * 20), started_at=time.time(),
-                           stats={}, limits_status=lambda: {}, connected_peers=lambda: [])
+                           stats={}, limits_status=lambda: {}, gossip_status=lambda: {}, connected_peers=lambda: [])
 
 
 def make(tmp_path: Path, **guard_kw: Any) -> tuple[Any, FakeRole, ApiGuard]:

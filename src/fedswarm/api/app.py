@@ -172,6 +172,8 @@ def create_app(
         box.append({"from": sender, "type": msg.TYPE, "data": msg.model_dump(mode="json"), "at": time.time()})
         del box[:-200]
 
+    join_handlers: dict[str, Callable[[str, Any], Awaitable[None]]] = {}
+
     @command("join")
     async def _join(args: list[Any]) -> dict[str, Any]:
         topic = topic_arg(args)
@@ -179,7 +181,9 @@ def create_app(
         async def handler(sender: str, msg: Any) -> None:
             await remember(topic, sender, msg)
 
-        await node.subscribe(topic, handler)
+        # One handler per topic, reused: joining twice must not deliver every message twice
+        # (the node adds a handler it already has only once).
+        await node.subscribe(topic, join_handlers.setdefault(topic, handler))
         return {"status": "ok", "joined": topic}
 
     @command("leave")
@@ -212,7 +216,8 @@ def create_app(
         out = {"status": "running", "role": node.role.value, "peer_id": node.peer_id,
                "address": node.identity.address, "addrs": node.addrs,
                "uptime_s": round(time.time() - node.started_at, 1), "version": __version__,
-               "stats": dict(node.stats), "api_guard": guard.stats(), "limits": node.limits_status()}
+               "stats": dict(node.stats), "api_guard": guard.stats(), "limits": node.limits_status(),
+               "gossip": node.gossip_status()}
         if status_extra:
             out.update(status_extra())
         return out

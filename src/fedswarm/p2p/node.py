@@ -31,6 +31,7 @@ from fedswarm.identity import Identity
 from fedswarm.p2p.directory import Directory
 from fedswarm.p2p.framing import FrameError, FrameReader, write_message
 from fedswarm.p2p.gate import Gate, resource_manager
+from fedswarm.p2p.gossip_health import GossipHealth
 from fedswarm.p2p.limits import LimitsConfig, PeerLimits
 from fedswarm.p2p.presence import Presence
 from fedswarm.p2p.rpc import Rejected, RpcError, RpcHandler, RpcServer
@@ -55,6 +56,7 @@ from fedswarm.protocol.topics import DIRECTORY_TOPIC, MARKET_TOPIC, PRESENCE_TOP
 log = logging.getLogger("fedswarm.p2p")
 
 MAX_PUBSUB_MESSAGE = MAX_GOSSIP_MESSAGE  # gossipsub silently drops > 1 MiB; keep well under
+GOSSIP_HEARTBEAT_S = 1  # gossipsub's mesh upkeep and message-cache ageing (the library's default is 120 s)
 TopicHandler = Callable[[str, Any], Awaitable[None]]
 TopicValidator = Callable[[str, WireModel], bool]
 
@@ -135,6 +137,7 @@ class Node(Presence):
         self._topic_handlers: dict[str, list[TopicHandler]] = {}
         self._topic_validators: dict[str, TopicValidator] = {}
         self._seen = _SeenSet()
+        self.gossip_health = GossipHealth(GOSSIP_HEARTBEAT_S, self.stats)
         self._queue_ok_at: dict[Any, float] = {}
         self._send_pub, self._recv_pub = trio.open_memory_channel[tuple[str, bytes]](256)
         # Presence (heartbeats, mesh summaries) is "latest wins": a queued old heartbeat is
@@ -186,7 +189,12 @@ class Node(Presence):
             # through gossip (IHAVE/IWANT, a heartbeat late) or not at all.
             degree_high=1024,
             heartbeat_initial_delay=0.1,
-            heartbeat_interval=1,
+            heartbeat_interval=GOSSIP_HEARTBEAT_S,
+            # py-libp2p's "adaptive gossip" rescored the network every 30 s and, on a low score
+            # (any small network: a lone bootstrap scored 0.30), set the heartbeat to 30-60 s
+            # whatever we configured. The message cache then stopped ageing and every new
+            # subscriber was replayed up to 90 s of each topic. Off: a fixed heartbeat.
+            adaptive_gossip_enabled=False,
             time_to_live=30,
             spam_protection_enabled=False,  # it counts our own publishes; we pace instead
             # gossipsub queues every publish for each connected peer not (yet) subscribed to
@@ -197,6 +205,7 @@ class Node(Presence):
             eclipse_protection_enabled=False,  # everything is on 127.0.0.1 in tests and devnet
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
+        self.gossip_health.attach(gossipsub)
         self.gate.guard_pubsub(host, pubsub, gossipsub.get_protocols())
         return host, pubsub, gossipsub
 
@@ -229,6 +238,7 @@ class Node(Presence):
             nursery.start_soon(self._publish_pacer)
             nursery.start_soon(self._heartbeat_loop)
             nursery.start_soon(self._reconnect_loop)
+            nursery.start_soon(self.gossip_health.watch)
             self.ready.set()
             log.info("node %s (%s) listening on %s", self.peer_id, self.role.value, self.addrs)
             task_status.started()
@@ -355,8 +365,13 @@ class Node(Presence):
     async def subscribe(
         self, topic: str, handler: TopicHandler, validator: TopicValidator | None = None
     ) -> None:
-        """Subscribe and drain ``topic``: each valid, new message goes to ``handler``."""
-        self._topic_handlers.setdefault(topic, []).append(handler)
+        """Subscribe and drain ``topic``: each valid, new message goes to ``handler``.
+
+        Idempotent: subscribing the same handler (an equal bound method or the same function)
+        to a topic again changes nothing, so it is never called twice for one message."""
+        handlers = self._topic_handlers.setdefault(topic, [])
+        if handler not in handlers:
+            handlers.append(handler)
         if validator is not None:
             self._topic_validators[topic] = validator
         if topic in self.pubsub.topic_ids:
@@ -377,6 +392,11 @@ class Node(Presence):
     @property
     def topics(self) -> list[str]:
         return sorted(self.pubsub.topic_ids) if self.pubsub else []
+
+    def gossip_status(self) -> dict[str, object]:
+        """Gossipsub's heartbeat (count, age, interval) and, per joined topic, the replay
+        window and mesh size: the ``gossip`` part of ``/status``."""
+        return self.gossip_health.status(self.topics)
 
     async def _drain(self, topic: str, sub: Any) -> None:
         # Every subscription is drained (a full 32-entry channel makes gossipsub drop).
