@@ -11,6 +11,7 @@ from eth_account import Account
 from eth_utils import keccak
 from hexbytes import HexBytes
 from test_escrow_v2_receipts import VECTOR_DIGEST, VECTOR_DOMAIN, VECTOR_RECEIPT
+from web3 import Web3
 
 from fedswarm.ledger.anvil import DEVNET_MIN_CLAIM_WINDOW, fund, start_anvil
 from fedswarm.ledger.escrow import (
@@ -29,6 +30,8 @@ from fedswarm.ledger.escrow import (
     settle_tx_bytes,
 )
 from fedswarm.ledger.evm import TxReverted
+from fedswarm.ledger.hedera import HEDERA_UNITS, ValueUnits
+from fedswarm.ledger.unitsrelay import start_units_relay
 from fedswarm.tools import ToolMissing, tool_path
 
 pytestmark = pytest.mark.slow
@@ -62,11 +65,32 @@ def chain(tmp_path_factory):
     _stop(proc)
 
 
+@pytest.fixture(scope="module")
+def hedera_chain(chain, tmp_path_factory):
+    """The same anvil behind the units relay: tinybar in the EVM, weibar on the RPC."""
+    proc, relay = start_units_relay(chain["rpc_url"], chain["chain_id"], tmp_path_factory.mktemp("relay"))
+    yield {**chain, "rpc_url": relay["rpc_url"], "anvil_url": chain["rpc_url"], "value_units": HEDERA_UNITS}
+    _stop(proc)
+
+
+@pytest.fixture(params=["native", "hedera"])
+def any_chain(request):
+    """Plain anvil, then anvil in Hedera's units: a money path that skips the one conversion
+    (ValueUnits) is off by 10^10 on the second."""
+    return request.getfixturevalue("chain" if request.param == "native" else "hedera_chain")
+
+
 def client(chain, eth: int = 10, account=None) -> EscrowV2:
     acct = account or Account.create()
     fund(chain, acct.address, eth * ETH)
-    return EscrowV2(chain["rpc_url"], chain["escrow_v2_address"], acct,
+    return EscrowV2(chain["rpc_url"], chain["escrow_v2_address"], acct, units=ValueUnits.for_chain(chain),
                     deploy_block=chain["escrow_v2_deploy_block"])
+
+
+def evm_balance(chain, address: str) -> int:
+    """What the EVM itself holds for ``address`` (anvil, not the relay): contract units."""
+    w3 = Web3(Web3.HTTPProvider(chain.get("anvil_url", chain["rpc_url"])))
+    return int(w3.eth.get_balance(Web3.to_checksum_address(address)))
 
 
 def warp(c: EscrowV2, seconds: int) -> None:
@@ -103,7 +127,8 @@ def test_restart_keeps_both_deployments(tmp_path):
         _stop(proc)
 
 
-def test_whole_job_money_flow(chain, tmp_path):
+def test_whole_job_money_flow(any_chain, tmp_path):
+    chain = any_chain
     payer, op, t1, t2, standby = (client(chain) for _ in range(5))
     now = payer.chain_time()
     settle_w, claim_w = 30, DEVNET_MIN_CLAIM_WINDOW
@@ -113,6 +138,10 @@ def test_whole_job_money_flow(chain, tmp_path):
                         amount=10 * PRICE)
     key = funded.job_key
     assert key == payer.job_key(1) and payer.job(key).reserved == 7 * PRICE and payer.job(key).free == 3 * PRICE
+    # The EVM holds exactly the deposit (in tinybar on the Hedera chain, whose RPC says weibar).
+    escrowed = evm_balance(chain, payer.contract_address)
+    assert escrowed >= 10 * PRICE and payer.balance(payer.contract_address) == escrowed
+    assert int(payer.w3.eth.get_balance(payer.contract_address)) == payer.units.to_rpc(escrowed)
     # The operator adds a standby within the caps; beyond them it is refused.
     with pytest.raises(TxReverted, match="UnitBudgetExceeded"):
         op.add_trainers(key, [TrainerTerms(standby.address, PRICE, 3)])
@@ -158,6 +187,7 @@ def test_whole_job_money_flow(chain, tmp_path):
         before = who.balance()
         receipt = who.withdraw()
         assert who.balance() == before + (paid.get(who.address) or 10 * PRICE - 3 * PRICE) - receipt.fee
+        assert who.balance() == evm_balance(chain, who.address) > 0 and receipt.fee > 0
     with pytest.raises(TxReverted, match="NothingToWithdraw"):
         t2.withdraw()
 

@@ -7,6 +7,7 @@ when they start; on Hedera networks it does nothing (wallets are funded by their
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from fedswarm.config import ConfigError, Settings
 
@@ -24,6 +25,8 @@ def ensure_funded(settings: Settings, address: str, min_wei: int = DEV_MIN_BALAN
                   target_wei: int | None = None) -> int:
     """Top ``address`` up from the devnet faucet when its balance is below ``min_wei``.
 
+    Amounts are contract units: wei, or tinybar on a devnet in Hedera units (``devnet up
+    --hedera-units``), read and sent through the chain's :class:`ValueUnits`.
     Tops up to ``target_wei`` (default ``max(min_wei, DEV_TARGET_BALANCE_WEI)``). Returns the
     wei sent (0 when nothing was needed or the network is not the devnet). Blocking (web3):
     call it through ``trio.to_thread.run_sync`` from a node. Raises `ConfigError` (one line)
@@ -45,9 +48,8 @@ def ensure_funded(settings: Settings, address: str, min_wei: int = DEV_MIN_BALAN
         raise ConfigError(f"the devnet at {settings.devnet_dir()} has no chain: restart it "
                           "with `fedswarm devnet up`")
     address = Web3.to_checksum_address(address)
-    w3 = Web3(Web3.HTTPProvider(chain["rpc_url"], request_kwargs={"timeout": 10}))
     try:
-        balance = int(w3.eth.get_balance(address))
+        balance = _balance(chain, address)
     except Exception as exc:  # noqa: BLE001 - any transport failure means the same thing here
         raise ConfigError(
             f"the devnet chain at {chain['rpc_url']} does not answer ({type(exc).__name__}): "
@@ -63,3 +65,16 @@ def ensure_funded(settings: Settings, address: str, min_wei: int = DEV_MIN_BALAN
         raise ConfigError(str(exc)) from None
     log.info("devnet faucet topped up %s with %d wei", address, amount)
     return amount
+
+
+def _balance(chain: dict[str, Any], address: str) -> int:
+    """``address``'s balance in contract units, read through the chain's value units."""
+    from eth_account import Account
+
+    from fedswarm.ledger.evm import Ledger
+    from fedswarm.ledger.hedera import ValueUnits
+
+    reader = Ledger(rpc_url=chain["rpc_url"], contract_address=chain["contract_address"],
+                    account=Account.create(), units=ValueUnits.for_chain(chain),
+                    chain_id=int(chain["chain_id"]), retries=0, request_timeout=10.0)
+    return reader.balance(address)

@@ -24,6 +24,7 @@ from web3 import Web3
 
 from fedswarm.ledger.contract import load_artifact
 from fedswarm.ledger.escrow_types import V2_CONTRACT_NAME
+from fedswarm.ledger.hedera import ValueUnits
 from fedswarm.tools import tool_path
 
 CHAIN_ID = 31337
@@ -232,7 +233,8 @@ def ensure_deployed_v2(
 
 
 def fund(chain: dict[str, Any], address: str, wei: int) -> str:
-    """Send ``wei`` from the devnet faucet to ``address``; returns the transaction hash.
+    """Send ``wei`` contract units (wei; tinybar on a devnet in Hedera units) from the devnet
+    faucet to ``address``; returns the transaction hash.
 
     ``chain`` is the ``"chain"`` block of devnet.json. Safe to call from several processes at
     once: the Ledger's nonce manager resyncs and retries when another sender took the nonce.
@@ -243,6 +245,7 @@ def fund(chain: dict[str, Any], address: str, wei: int) -> str:
         rpc_url=chain["rpc_url"],
         contract_address=chain["contract_address"],
         account=Account.from_key(chain["faucet_key"]),
+        units=ValueUnits.for_chain(chain),
         chain_id=int(chain["chain_id"]),
         retries=8,
     )

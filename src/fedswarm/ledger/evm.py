@@ -67,7 +67,8 @@ class TxTimeout(LedgerError):
 
 @dataclass(frozen=True)
 class TxReceipt:
-    """What a mined transaction left: hash, block, gas and the fee paid (RPC units)."""
+    """What a mined transaction left: hash, block, gas and the fee paid (contract units, like
+    every amount of this API: tinybar on Hedera, whose relay reports gas prices in weibar)."""
 
     tx_hash: str
     block_number: int
@@ -445,7 +446,7 @@ class Ledger:
                 )
             time.sleep(delay)
             delay = min(delay * 1.5, 1.0)
-        fee = int(r["gasUsed"]) * int(r.get("effectiveGasPrice", tx["gasPrice"]))
+        fee = self.units.from_rpc(int(r["gasUsed"]) * int(r.get("effectiveGasPrice", tx["gasPrice"])))
         receipt = TxReceipt(
             tx_hash=tx_hash.to_0x_hex(),
             block_number=int(r["blockNumber"]),

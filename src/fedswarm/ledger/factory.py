@@ -3,6 +3,9 @@ Hedera's relay."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
 from eth_account.signers.local import LocalAccount
 
 from fedswarm.config import ConfigError, Settings
@@ -40,6 +43,7 @@ def make_ledger(settings: Settings, identity: Identity | None = None) -> Ledger:
             rpc_url=chain["rpc_url"],
             contract_address=chain["contract_address"],
             account=identity.wallet,
+            units=_devnet_units(chain),
             chain_id=int(chain["chain_id"]),
         )
     try:
@@ -104,6 +108,7 @@ def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV
             rpc_url=chain["rpc_url"],
             contract_address=chain["escrow_v2_address"],
             account=identity.wallet,
+            units=_devnet_units(chain),
             chain_id=int(chain["chain_id"]),
             deploy_block=int(chain.get("escrow_v2_deploy_block", 0)),
         )
@@ -117,5 +122,13 @@ def make_escrow(settings: Settings, identity: Identity | None = None) -> EscrowV
             deploy_block=settings.contract_block,
             receipt_timeout=120.0,
         )
+    except HederaConfigError as exc:
+        raise ConfigError(str(exc)) from None
+
+
+def _devnet_units(chain: Mapping[str, Any]) -> ValueUnits:
+    """The devnet chain's value units (Hedera's under ``devnet up --hedera-units``)."""
+    try:
+        return ValueUnits.for_chain(chain)
     except HederaConfigError as exc:
         raise ConfigError(str(exc)) from None

@@ -11,7 +11,9 @@ Hedera's JSON-RPC relay speaks Ethereum JSON-RPC, with three twists handled here
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from eth_account import Account
 from eth_account.signers.local import LocalAccount
@@ -19,6 +21,10 @@ from eth_utils import is_hex_address, to_checksum_address
 
 WEIBAR_PER_TINYBAR = 10**10
 TINYBAR_PER_HBAR = 10**8
+# ``value_units`` of a devnet chain block (devnet.json) whose anvil sits behind the units relay
+# (`fedswarm devnet up --hedera-units`): tinybar in the EVM, weibar on the RPC, as on Hedera.
+HEDERA_UNITS = "hedera"
+NATIVE_UNITS = "native"
 
 CHAIN_IDS = {"mainnet": 295, "testnet": 296, "previewnet": 297}
 RELAY_URLS = {
@@ -62,6 +68,18 @@ class ValueUnits:
         """Hedera: tinybar inside the EVM, weibar on the RPC."""
         return cls(WEIBAR_PER_TINYBAR)
 
+    @classmethod
+    def for_chain(cls, chain: Mapping[str, Any]) -> ValueUnits:
+        """The units of a devnet chain block (``devnet.json``'s ``chain``): Hedera's when its
+        ``value_units`` is ``"hedera"`` (anvil behind the units relay), else native."""
+        name = chain.get("value_units") or NATIVE_UNITS
+        if name == HEDERA_UNITS:
+            return cls.hedera()
+        if name == NATIVE_UNITS:
+            return cls.native()
+        raise HederaConfigError(f"unknown value_units {name!r} in the devnet's chain block:"
+                                " restart it with `fedswarm devnet up`")
+
     def to_rpc(self, amount: int) -> int:
         """Transaction ``value`` for ``amount`` contract units (tinybar → weibar)."""
         if amount < 0:
@@ -72,6 +90,11 @@ class ValueUnits:
         """Contract units in an RPC value (weibar → tinybar; sub-tinybar dust is dropped, as
         Hedera itself drops it)."""
         return int(value) // self.rpc_per_contract_unit
+
+    @property
+    def name(self) -> str:
+        """``"hedera"`` or ``"native"`` (what a devnet chain block records as ``value_units``)."""
+        return HEDERA_UNITS if self.rpc_per_contract_unit == WEIBAR_PER_TINYBAR else NATIVE_UNITS
 
 
 def chain_id_for(network: str) -> int:
