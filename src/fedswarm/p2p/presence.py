@@ -55,6 +55,10 @@ class Presence:
     _hb_seq: int
     _bootstrap_heard_at: float
     _bootstrap_reset_at: float
+    # When we last heard any peer, and since when without a gap (class defaults: the node's
+    # constructor need not know them).
+    _heard_at: float = -1e9
+    _hearing_since: float = 0.0
 
     if TYPE_CHECKING:  # provided by the node's host, RPC and pubsub parts
         @property
@@ -100,7 +104,24 @@ class Presence:
     def _validate_directory(self, sender: str, msg: WireModel) -> bool:
         return isinstance(msg, MeshSummary) and sender in self.bootstrap_ids
 
+    def _heard_someone(self) -> None:
+        now = time.monotonic()
+        if now - self._heard_at > self.directory.timeout / 2:
+            self._hearing_since = now  # a gap: we were cut off (or everyone was silent)
+        self._heard_at = now
+
+    def hearing_for(self) -> float:
+        """Seconds this node has been hearing its peers without a gap of more than half the peer
+        timeout; 0 while it hears nobody. A node whose own link is down hears nobody, and must
+        not take everyone else's silence for theirs: judge a peer silent only once we have
+        been hearing the others for a whole peer timeout."""
+        now = time.monotonic()
+        if now - self._heard_at > self.directory.timeout / 2:
+            return 0.0
+        return now - self._hearing_since
+
     async def _on_market(self, sender: str, msg: Any) -> None:
+        self._heard_someone()
         if sender in self.bootstrap_ids:
             self._bootstrap_heard_at = time.monotonic()
         if isinstance(msg, Heartbeat):

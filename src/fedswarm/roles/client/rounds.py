@@ -210,8 +210,12 @@ class Rounds:
         """A unit whose trainer failed, refused or went silent goes to a standby (or another
         healthy trainer) within the round, under a new unit number."""
         svc = self.svc
+        # While we hear nobody, our own link is the likely one down: a trainer is judged silent
+        # only after we have heard the others for a whole peer timeout (or a flap of our link
+        # would take every unit away and assign each slot twice).
+        judging = svc.node.hearing_for() >= svc.node.directory.timeout
         for rec in svc.db.units(job.job_id, r):
-            if rec.state in ("assigned", "accepted"):
+            if rec.state in ("assigned", "accepted") and judging:
                 peer = svc.node.directory.get(rec.trainer_peer)
                 if peer is None or not svc.node.directory.is_online(peer):
                     rec.state, rec.reason = "lost", "trainer went silent"
