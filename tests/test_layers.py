@@ -22,7 +22,7 @@ SRC = Path(__file__).resolve().parents[1] / "src" / "fedswarm"
 # module. ``commands*`` top-level modules are the CLI's and sit at the top.
 LAYERS: list[set[str]] = [
     {"fedswarm"},  # the package's __init__ (version string)
-    {"config", "identity", "crypto", "logs", "tools", "examples"},  # examples: bundled specs (data)
+    {"config", "identity", "crypto", "wallet_envelope", "logs", "tools", "examples"},  # examples: bundled specs (data)
     {"protocol"},
     {"p2p", "storage", "ledger", "learning"},
     {"market"},
