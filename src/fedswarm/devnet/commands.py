@@ -54,6 +54,9 @@ def register(subparsers: Any) -> None:
     up.add_argument("--host", default="127.0.0.1",
                     help="address every service binds (default 127.0.0.1; another one only where other "
                          "machines or network namespaces must reach the devnet)")
+    up.add_argument("--hedera-units", action="store_true",
+                    help="Hedera's value units: the EVM holds tinybar and the RPC speaks weibar "
+                         "(anvil behind a local relay); amounts given to the devnet are tinybar")
     up.set_defaults(func=cmd_up)
 
     st = sub.add_parser("status", help="check that each devnet endpoint answers")
@@ -129,7 +132,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     console = Console()
     try:
         try:
-            devnet = Devnet.start(_home(args), ports, block_time=args.block_time, host=args.host)
+            devnet = Devnet.start(_home(args), ports, block_time=args.block_time, host=args.host,
+                                  hedera_units=args.hedera_units)
         except DevnetError as exc:
             return _fail(str(exc))
         try:

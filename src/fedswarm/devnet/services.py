@@ -117,7 +117,7 @@ class Devnet:
     @classmethod
     def start(cls, home: Path, ports: Mapping[str, int] | None = None, *,
               block_time: float | None = DEFAULT_BLOCK_TIME_S, timeout: float = 90.0,
-              host: str = "127.0.0.1") -> Devnet:
+              host: str = "127.0.0.1", hedera_units: bool = False) -> Devnet:
         """Start the store, anvil (contract deployed, ``--state`` under ``home/chain``) and the
         audit log in parallel, wait until all answer and write ``home/devnet.json``.
 
@@ -128,6 +128,9 @@ class Devnet:
         clock moves). devnet.json records it as ``chain.block_time`` (0: instant).
         ``host`` is the address every service binds (loopback by default; another address
         only for a devnet that other machines or network namespaces must reach).
+        ``hedera_units`` puts anvil behind the units relay (:mod:`fedswarm.ledger.unitsrelay`):
+        the EVM holds tinybar and the RPC speaks weibar, as on Hedera; the chain's URL is then
+        the relay's (``chain.anvil_url`` is anvil's) and ``chain.value_units`` says ``hedera``.
         Raises :class:`DevnetError` (nothing left running) if any service fails to start or
         another devnet already runs on ``home``.
         """
@@ -153,18 +156,24 @@ class Devnet:
             previous = _read_previous_state(home)
             _reap_orphans(home, previous)
             chosen = {s: _choose_port(s, ports.get(s), previous, host) for s in SERVICES}
+            # In Hedera units the chain's endpoint (its port, reused across restarts) is the
+            # relay's; anvil behind it takes any free port.
+            anvil_port = 0 if hedera_units else chosen["chain"]
             starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
                 "store": lambda: start_local_store(home / "store", chosen["store"], host),
-                "chain": lambda: start_anvil(home / "chain", chosen["chain"], block_time or CLOCK_TICK_S,
+                "chain": lambda: start_anvil(home / "chain", anvil_port, block_time or CLOCK_TICK_S,
                                              mixed=not block_time, host=host),
                 "audit": lambda: start_audit_server(home / "audit" / "topics.db",
                                                     chosen["audit"], host=host),
             }
             procs, info = _start_all(starters)
+            chain_extra: dict[str, Any] = {"value_units": "native"}
+            if hedera_units:
+                chain_extra = _start_relay(home, info["chain"], chosen["chain"], host, procs)
         except BaseException:
             _release_lock(lock_fd)
             raise
-        info["chain"] = {**info["chain"], "block_time": block_time}
+        info["chain"] = {**info["chain"], **chain_extra, "block_time": block_time}
         state_update: dict[str, Any] = {
             **info,
             "network": "devnet",
@@ -308,6 +317,23 @@ def _start_all(
         stop_processes(list(procs.values()))
         raise DevnetError("devnet failed to start: " + "; ".join(errors))
     return procs, info
+
+
+def _start_relay(home: Path, chain: Mapping[str, Any], port: int, host: str,
+                 procs: dict[str, Popen[bytes]]) -> dict[str, Any]:
+    """Start the units relay in front of the devnet's anvil (added to ``procs`` as ``relay``);
+    returns what the chain block gains. Stops every service if it fails."""
+    from fedswarm.ledger.unitsrelay import start_units_relay
+
+    try:
+        proc, relay = start_units_relay(chain["rpc_url"], int(chain["chain_id"]), home / "chain",
+                                        port, host=host)
+    except Exception as exc:
+        stop_processes(list(procs.values()))
+        raise DevnetError(f"devnet failed to start: units relay: {exc}") from None
+    procs["relay"] = proc
+    return {"rpc_url": relay["rpc_url"], "anvil_url": chain["rpc_url"], "value_units": "hedera",
+            "gas_price_weibar": relay["gas_price_weibar"]}
 
 
 def _take_lock(home: Path) -> int:
