@@ -11,9 +11,10 @@ hiero JSON-RPC relay does:
   fixed network price in weibar (Hedera prices gas by its fee schedule, not by a market);
 - ``eth_sendRawTransaction`` takes a locally signed transaction, checks it as the relay's
   prechecks do (chain id, value, gas price, balance, nonce), and executes it in the EVM with its
-  value and gas price divided by 10^10. A signed transaction cannot be re-signed with another
-  value, so it runs as the same sender through anvil's impersonation (same from, to, data,
-  nonce and gas); the hash the client computed from its signed bytes is what the relay answers
+  value divided by 10^10, paying the network's gas price in tinybar (Hedera charges that price
+  whatever the transaction offered above it). A signed transaction cannot be re-signed with
+  another value, so it runs as the same sender through anvil's impersonation (same from, to,
+  data, nonce and gas); the hash the client computed from its signed bytes is what the relay answers
   and what receipts, transactions and logs carry (the relay keeps the mapping, on disk);
 - a nonzero value under 1 tinybar is refused (``VALUE_TOO_LOW``, code -32602); a value that is
   not a whole number of tinybar loses its sub-tinybar rest (Hedera truncates it);
@@ -50,6 +51,7 @@ from eth_account import Account
 from eth_account._utils.legacy_transactions import Transaction as LegacyTransaction
 from eth_account.typed_transactions import TypedTransaction
 from eth_utils import keccak, to_checksum_address
+from hexbytes import HexBytes
 
 from fedswarm.ledger.hedera import WEIBAR_PER_TINYBAR
 
@@ -256,11 +258,8 @@ class UnitsRelay:
                                         "nonce": hex(tx["nonce"]), "data": "0x" + tx["data"].hex()}
             if tx["to"]:
                 inner_tx["to"] = tx["to"]
-            if tx["gasPrice"] is not None:
-                inner_tx["gasPrice"] = hex(tx["gasPrice"] // WEIBAR_PER_TINYBAR)
-            else:
-                inner_tx["maxFeePerGas"] = hex(tx["maxFeePerGas"] // WEIBAR_PER_TINYBAR)
-                inner_tx["maxPriorityFeePerGas"] = hex(tx["maxPriorityFeePerGas"] // WEIBAR_PER_TINYBAR)
+            # Hedera charges the network's price whatever the transaction offered above it.
+            inner_tx["gasPrice"] = hex(self.gas_price_tinybar)
             inner = self.upstream_call("eth_sendTransaction", [inner_tx])
             self.hashes.add(outer, str(inner))
         return outer
@@ -309,7 +308,7 @@ class UnitsRelay:
 def decode_raw_transaction(raw: bytes) -> dict[str, Any]:
     """A signed transaction's fields and its recovered sender (legacy or EIP-2718 typed)."""
     if raw and raw[0] <= 0x7F:
-        typed = TypedTransaction.from_bytes(raw).as_dict()
+        typed = TypedTransaction.from_bytes(HexBytes(raw)).as_dict()
         fields = {"chainId": _int(typed.get("chainId")), "gasPrice": typed.get("gasPrice"),
                   "maxFeePerGas": typed.get("maxFeePerGas"),
                   "maxPriorityFeePerGas": typed.get("maxPriorityFeePerGas"),
