@@ -18,6 +18,7 @@ from eth_account import Account
 from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.escrow_books import funded_jobs, job_books
 from fedswarm.ledger.escrow_types import JobStatusV2
+from fedswarm.ledger.hedera import ValueUnits
 
 RELEASE_GRACE_S = 30.0  # after a job's release time, how long the client's settler may take
 
@@ -28,7 +29,7 @@ def count_transactions(net: Any, cells: list[dict[str, Any]]) -> None:
     ``net`` is a started :class:`~fedswarm.bench.job.JobNetwork`; its cells ran in order."""
     chain = net.devnet.state["chain"]
     escrow = EscrowV2(chain["rpc_url"], chain["escrow_v2_address"], Account.create(),
-                      chain_id=int(chain["chain_id"]), deploy_block=int(chain["escrow_v2_deploy_block"]))
+                      units=ValueUnits.for_chain(chain), chain_id=int(chain["chain_id"]), deploy_block=int(chain["escrow_v2_deploy_block"]))
     events = escrow.read_events()
     funded = funded_jobs(events, net.client.info["address"])
     keys = [bytes.fromhex(c["job_key"].removeprefix("0x")) if c.get("job_key") else

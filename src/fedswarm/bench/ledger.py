@@ -33,8 +33,10 @@ def _summary(latencies: list[float], wall: float) -> dict[str, float]:
 def bench_client(chain: dict[str, Any], n: int) -> dict[str, float]:
     """``n`` createJob transactions through :class:`~fedswarm.ledger.evm.Ledger`."""
     from fedswarm.ledger.evm import Ledger
+    from fedswarm.ledger.hedera import ValueUnits
 
-    ledger = Ledger(chain["rpc_url"], chain["contract_address"], Account.from_key(chain["deployer_key"]))
+    ledger = Ledger(chain["rpc_url"], chain["contract_address"], Account.from_key(chain["deployer_key"]),
+                    units=ValueUnits.for_chain(chain))
     deadline = int(time.time()) + 3600
     ledger.create_job(os.urandom(32), b"\0" * 32, deadline, 60, 1)  # warm caches (chain id, nonce)
     lat: list[float] = []
@@ -49,8 +51,10 @@ def bench_client(chain: dict[str, Any], n: int) -> dict[str, float]:
 def bench_raw(chain: dict[str, Any], n: int) -> dict[str, float]:
     """The floor: pre-encoded calls, cached nonce/chain id/gas price, fixed gas, tight polling."""
     from fedswarm.ledger.contract import load_artifact
+    from fedswarm.ledger.hedera import ValueUnits
 
     w3 = Web3(Web3.HTTPProvider(chain["rpc_url"]))
+    units = ValueUnits.for_chain(chain)
     acct = Account.from_key(chain["faucet_key"])
     contract = w3.eth.contract(address=chain["contract_address"], abi=load_artifact().abi)
     nonce = w3.eth.get_transaction_count(acct.address, "pending")
@@ -61,7 +65,7 @@ def bench_raw(chain: dict[str, Any], n: int) -> dict[str, float]:
     for _ in range(n):
         t = time.perf_counter()
         data = contract.functions.createJob(os.urandom(32), b"\0" * 32, deadline, 60)._encode_transaction_data()
-        tx = {"to": contract.address, "data": data, "value": 1, "gas": 200_000,
+        tx = {"to": contract.address, "data": data, "value": units.to_rpc(1), "gas": 200_000,
               "gasPrice": gas_price, "nonce": nonce, "chainId": int(chain["chain_id"])}
         h = w3.eth.send_raw_transaction(acct.sign_transaction(tx).raw_transaction)
         while True:

@@ -16,6 +16,7 @@ from fedswarm.devnet import Devnet
 from fedswarm.ledger.escrow import EscrowV2
 from fedswarm.ledger.escrow_books import JobBooks, funded_jobs, job_books, reason_hashes
 from fedswarm.ledger.escrow_types import JobStatusV2
+from fedswarm.ledger.hedera import ValueUnits
 
 # The demo's windows: short, so the demo ends with the job released and its books balanced.
 # Trainers may claim a receipted unit the client left unsettled after SETTLE_WINDOW_S (long
@@ -37,7 +38,7 @@ def reader(devnet: Devnet, key: str | None = None) -> EscrowV2:
     """An EscrowV2 client on the devnet's v2 deployment (a throwaway account unless ``key``)."""
     chain = devnet.state["chain"]
     account = Account.from_key(key) if key else Account.create()
-    return EscrowV2(chain["rpc_url"], chain["escrow_v2_address"], account,
+    return EscrowV2(chain["rpc_url"], chain["escrow_v2_address"], account, units=ValueUnits.for_chain(chain),
                     chain_id=int(chain["chain_id"]), deploy_block=int(chain["escrow_v2_deploy_block"]))
 
 
