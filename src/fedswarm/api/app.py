@@ -20,6 +20,7 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from fedswarm import __version__
+from fedswarm.api.clients import clients_router
 from fedswarm.api.guard import (
     JSON_BODY_MAX,
     ApiGuard,
@@ -266,6 +267,9 @@ def create_app(
     app.include_router(v1)
     for router in extra_routers or []:
         app.include_router(router)
+    # Every node lists the network's client nodes; a role's own /clients route (with its
+    # chain-read rejection rates) is included above and wins, this one is the fallback.
+    app.include_router(clients_router(node))
     # The browser UI (served by every node; most useful on the client). Imported here rather than
     # at the top only to keep `import fedswarm.api.app` light; a broken UI module fails loudly.
     from fedswarm.web import mount_ui

@@ -21,9 +21,11 @@ from pydantic import ValidationError
 
 from fedswarm import crypto
 from fedswarm.api.app import ApiError, RoleParts, principal_of, read_json
+from fedswarm.api.clients import ClientView, client_entry, clients_router
 from fedswarm.api.guard import Refusal, max_body
 from fedswarm.api.uploads import UploadError, UploadForm, UploadLimits, read_form, remove_tree
 from fedswarm.examples import example_specs
+from fedswarm.market.client_book import ClientBook
 from fedswarm.p2p.node import Rejected
 from fedswarm.protocol.decode import DecodeError, decode_json
 from fedswarm.roles.client import (
@@ -77,7 +79,10 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
     for bid in [*job.chosen, *job.standby]:
         trainers[bid["peer_id"]] = {"peer_id": bid["peer_id"], "address": bid["address"], "price_wei": bid["price_wei"],
                                     "standby": bid in job.standby, "units_assigned": 0, "units_committed": 0,
-                                    "units_accepted": 0, "units_rejected": 0, "paid_wei": 0}
+                                    "units_accepted": 0, "units_rejected": 0, "paid_wei": 0,
+                                    # this job's operator as the bidder saw it on chain
+                                    "client_rejection_rate": bid.get("client_rejection_rate"),
+                                    "client_units_judged": bid.get("client_units_judged")}
     for u in units:
         t = trainers.setdefault(u.trainer_peer, {"peer_id": u.trainer_peer, "address": u.trainer_address,
                                                  "price_wei": u.price_wei, "standby": False, "units_assigned": 0,
@@ -137,6 +142,9 @@ def job_parts(role: ClientRole) -> RoleParts:
     """The client's API routes, /command verbs, status fields and start-up tasks."""
     router = APIRouter(prefix="/api/v1")
     uploads = role.home / "uploads"
+    # The network's clients and this node's own rejection rate, read from the escrow's events
+    # in the background (incrementally, from a saved cursor).
+    view = ClientView(ClientBook(role.home, role.escrow))
 
     def get_job(job_id: str) -> JobRecord:
         try:
@@ -208,7 +216,12 @@ def job_parts(role: ClientRole) -> RoleParts:
 
     @router.get("/jobs/{job_id}")
     async def job_status(job_id: str) -> dict[str, Any]:
-        return job_detail(role, get_job(job_id))
+        job = get_job(job_id)
+        # What trainers read on chain about this job's operator (they refuse to bid above their
+        # limit, 50 % of at least 20 units by default); each bid also says what its trainer saw.
+        seen = client_entry(role.node.peer_id, None, True, job.operator, view.records())
+        return {**job_detail(role, job), "operator_record": {k: seen[k] for k in ("operator", "rejection_rate",
+                                                                                  "units_judged")}}
 
     @router.get("/jobs/{job_id}/audit")
     async def job_audit(job_id: str) -> dict[str, Any]:
@@ -353,8 +366,9 @@ def job_parts(role: ClientRole) -> RoleParts:
     async def resume() -> None:
         role.resume_all()
 
-    return RoleParts(routers=[router], commands={"train": cmd_train, "advertize": cmd_advertize},
-                     status=status, tasks=[resume])
+    return RoleParts(routers=[router, clients_router(role.node, view)],
+                     commands={"train": cmd_train, "advertize": cmd_advertize},
+                     status=status, tasks=[resume, view.run])
 
 
 def make_quote(role: ClientRole, terms: JobTerms) -> dict[str, Any]:

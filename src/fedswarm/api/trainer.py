@@ -9,6 +9,7 @@ from typing import Any
 from fastapi import APIRouter
 
 from fedswarm.api.app import RoleParts
+from fedswarm.api.clients import ClientView, clients_router
 from fedswarm.roles.trainer import Trainer
 
 
@@ -26,7 +27,11 @@ def trainer_parts(trainer: Trainer) -> RoleParts:
     async def cmd_units(args: list[Any]) -> dict[str, Any]:
         return {"status": "ok", "units": trainer.units_public()}
 
-    return RoleParts(routers=[router], commands={"advertize": cmd_advertize, "units": cmd_units},
+    def operators() -> dict[str, str]:  # from the signed announcements the trainer bid on
+        return {j.client_peer_id: j.operator for j in trainer.db.jobs() if j.operator}
+
+    clients = clients_router(trainer.node, ClientView(trainer.client_book, operators))
+    return RoleParts(routers=[router, clients], commands={"advertize": cmd_advertize, "units": cmd_units},
                      status=trainer.status, tasks=[trainer.run])
 
 

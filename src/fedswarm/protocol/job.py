@@ -63,6 +63,12 @@ class Bid(WireModel):
     price_wei: Wei
     capabilities: Capabilities
     signature: Annotated[str, Field(pattern=r"^(0x)?[0-9a-fA-F]{130}$")]
+    # The job operator's rejection rate this trainer saw on chain when it bid, and over how many
+    # settled units (None: it knows no settled unit of that operator). Not signed and not used
+    # by selection: it tells the job's owner how the market sees it (trainers refuse to bid for
+    # operators above their limit, so a rate near it explains missing bids).
+    client_rejection_rate: float | None = Field(default=None, ge=0.0, le=1.0)
+    client_units_judged: int | None = Field(default=None, ge=0, lt=1 << 63)
 
 
 @message("bid_ack")

@@ -81,6 +81,13 @@ class Bidding(TrainerCore):
             return f"the client's operator {refusal}"
         return None
 
+    def _client_seen(self, operator: str | None) -> dict[str, float | int | None]:
+        """The operator's rejection rate as this trainer sees it, for the bid."""
+        rec = self.client_book.record(operator)
+        if rec is None or not rec.settled:
+            return {"client_rejection_rate": None, "client_units_judged": 0 if operator else None}
+        return {"client_rejection_rate": round(rec.rejection_rate, 4), "client_units_judged": rec.settled}
+
     async def _bid(self, ann: JobAnnounce) -> None:
         from fedswarm.market.bids import sign_bid
 
@@ -89,7 +96,8 @@ class Bidding(TrainerCore):
                                  ann.job_id, self.options.price_wei)
             bid = Bid(job_id=ann.job_id, peer_id=self.peer_id, address=self.identity.address,
                       box_public=self.identity.box_public_hex, price_wei=self.options.price_wei,
-                      capabilities=self._capabilities(), signature=signature)
+                      capabilities=self._capabilities(), signature=signature,
+                      **self._client_seen(ann.operator))
             # Remember the job before the client can answer with a work unit.
             # The operator is remembered only now that its signature held (see _why_not_bid).
             self.db.add_job(ann.job_id, ann.client_peer_id, ann.audit_topic, self.options.price_wei,
