@@ -29,6 +29,7 @@ from fedswarm.ledger.escrow import (
     settle_gas,
     settle_tx_bytes,
 )
+from fedswarm.ledger.escrow_books import job_books
 from fedswarm.ledger.evm import TxReverted
 from fedswarm.ledger.hedera import HEDERA_UNITS, ValueUnits
 from fedswarm.ledger.unitsrelay import start_units_relay
@@ -190,6 +191,12 @@ def test_whole_job_money_flow(any_chain, tmp_path):
         assert who.balance() == evm_balance(chain, who.address) > 0 and receipt.fee > 0
     with pytest.raises(TxReverted, match="NothingToWithdraw"):
         t2.withdraw()
+
+    # The books the demo and the benchmarks print, read from events and views: contract units.
+    books = job_books(payer, key)
+    assert books.released and books.balanced and books.deposited == 10 * PRICE
+    assert books.paid == sum(paid.values()) and books.payer_withdrawn == 10 * PRICE - 3 * PRICE
+    assert {a.lower(): t.paid for a, t in books.trainers.items() if t.paid} == {a.lower(): v for a, v in paid.items() if v}
 
     # Events from the deployment block with a cursor; a second read sees only what is new.
     cursor = tmp_path / "v2-cursor.json"

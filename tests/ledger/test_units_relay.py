@@ -139,6 +139,19 @@ def test_the_clients_hashes_are_the_ones_the_chain_shows(net):
     assert again.to_outer(again.to_inner(h)) == h
 
 
+def test_cancel_refunds_the_deposit_in_tinybar(net):
+    acct = rich_account(net)
+    escrow = EscrowV2(net["url"], net["chain"]["escrow_v2_address"], acct, units=ValueUnits.hedera())
+    terms = JobTerms(acct.address, escrow.chain_time() + 3600, 60, 10, 100, 4)
+    key = escrow.fund(8, terms, [], amount=777).job_key
+    before = escrow.balance()
+    cancelled = escrow.cancel(key)
+    assert escrow.pending() == 777
+    withdrawn = escrow.withdraw()
+    assert escrow.balance() == before + 777 - cancelled.fee - withdrawn.fee
+    assert net["w3"].eth.get_balance(acct.address) == escrow.balance() * F
+
+
 def test_a_client_that_skips_the_conversion_is_refused_or_off_by_1e10(net):
     acct = rich_account(net)
     to = Account.create().address
