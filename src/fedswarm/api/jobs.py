@@ -143,8 +143,11 @@ def job_parts(role: ClientRole) -> RoleParts:
     router = APIRouter(prefix="/api/v1")
     uploads = role.home / "uploads"
     # The network's clients and this node's own rejection rate, read from the escrow's events
-    # in the background (incrementally, from a saved cursor).
-    view = ClientView(ClientBook(role.home, role.escrow))
+    # in the background (incrementally, from a saved cursor). A stand-in role without a chain
+    # or a node (the API's tests) gets no rates, and the app's fallback /clients route.
+    escrow, node = getattr(role, "escrow", None), getattr(role, "node", None)
+    view = ClientView(ClientBook(role.home, escrow) if escrow is not None else None)
+    clients = [clients_router(node, view)] if node is not None else []
 
     def get_job(job_id: str) -> JobRecord:
         try:
@@ -219,7 +222,7 @@ def job_parts(role: ClientRole) -> RoleParts:
         job = get_job(job_id)
         # What trainers read on chain about this job's operator (they refuse to bid above their
         # limit, 50 % of at least 20 units by default); each bid also says what its trainer saw.
-        seen = client_entry(role.node.peer_id, None, True, job.operator, view.records())
+        seen = client_entry("", None, True, job.operator, view.records())
         return {**job_detail(role, job), "operator_record": {k: seen[k] for k in ("operator", "rejection_rate",
                                                                                   "units_judged")}}
 
@@ -366,7 +369,7 @@ def job_parts(role: ClientRole) -> RoleParts:
     async def resume() -> None:
         role.resume_all()
 
-    return RoleParts(routers=[router, clients_router(role.node, view)],
+    return RoleParts(routers=[router, *clients],
                      commands={"train": cmd_train, "advertize": cmd_advertize},
                      status=status, tasks=[resume, view.run])
 
