@@ -30,6 +30,10 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
                            "of at least 20 settled units on the escrow (default 0.5)")
     node.add_argument("--receipt-skew", type=int, default=None, metavar="SECONDS",
                       help="trainer: accept receipts issued at most this far from our clock (default 60)")
+    node.add_argument("--public-api", default=None, metavar="URL",
+                      help="client: the public URL of this node's API, advertised in the mesh summary so wallet "
+                           "users can pick it as their delegate; wallet routes then answer any origin "
+                           "(env FEDSWARM_PUBLIC_API)")
     node.add_argument("--heartbeat", type=float, default=None, help="heartbeat interval in seconds (default 1)")
     node.add_argument("--peer-timeout", type=float, default=None, help="seconds of silence before a peer is unresponsive (default 4)")
     node.set_defaults(func=cmd_node)
@@ -63,7 +67,8 @@ def cmd_node(args: argparse.Namespace, **role_classes: type) -> int:
     opts = {"price_wei": args.price_wei, "allow_gpu": not args.no_gpu, "worker_idle_s": args.worker_idle,
             "max_settle_window_s": args.max_settle_window, "receipt_skew_s": args.receipt_skew,
             "max_client_rejection_rate": args.max_client_rejection_rate,
-            "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout}
+            "heartbeat_interval": args.heartbeat, "peer_timeout": args.peer_timeout,
+            "public_api": args.public_api}
     trio.run(lambda: run_node(role, settings, home, bootstrap, **role_classes, **opts))
     return 0
 

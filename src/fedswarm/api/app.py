@@ -24,6 +24,7 @@ from fedswarm.api.clients import clients_router
 from fedswarm.api.guard import (
     JSON_BODY_MAX,
     ApiGuard,
+    Credential,
     GuardMiddleware,
     Principal,
     Refusal,
@@ -46,6 +47,7 @@ class RoleParts:
     commands: dict[str, CommandFn] = field(default_factory=dict)
     status: StatusFn | None = None
     tasks: list[Callable[[], Awaitable[None]]] = field(default_factory=list)
+    credentials: list[Credential] = field(default_factory=list)  # e.g. wallet sessions
 
 
 class CommandBody(BaseModel):
@@ -93,11 +95,16 @@ def create_app(
     extra_routers: list[APIRouter] | None = None,
     extra_commands: dict[str, CommandFn] | None = None,
     status_extra: StatusFn | None = None,
+    credentials: Iterable[Credential] = (),
+    delegate: bool = False,
 ) -> FastAPI:
     """Build the ASGI app for ``node``, every route behind ``guard`` (built from ``token``,
-    ``bind_host`` and ``origins`` when not given)."""
+    ``bind_host``, ``origins`` and ``delegate`` (``--public-api``: wallet routes answer any
+    origin) when not given); ``credentials`` are extra ways of signing in (wallet sessions)."""
     app = FastAPI(title="fedswarm node API", version=__version__)
-    guard = guard or ApiGuard(bind_host=bind_host, token=token, origins=origins)
+    guard = guard or ApiGuard(bind_host=bind_host, token=token, origins=origins, delegate=delegate)
+    for credential in credentials:
+        guard.add_credential(credential)
     app.state.guard = guard
     app.add_middleware(GuardMiddleware, guard=guard)
 

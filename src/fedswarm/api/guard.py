@@ -6,9 +6,10 @@ seed's ``/command``, the UI, role routers added later). Rules:
 
 * **Credentials** are pluggable (:class:`Credential`): the node's token (``Authorization:
   Bearer``; the configured ``FEDSWARM_API_TOKEN`` or the per-start local secret written 0600 in
-  the node's home), the UI's per-start session cookie, and later a wallet session. Each yields a
+  the node's home), the UI's per-start session cookie, and a wallet session (EIP-4361 sign-in,
+  :mod:`fedswarm.api.wallet`: ``Authorization: Wallet <token>`` or its cookie). Each yields a
   :class:`Principal` (``kind``, ``owner``). A credential that is present but wrong is a 401, never
-  a fall-through to anonymous access.
+  a fall-through to anonymous access. A wallet principal reaches only :data:`WALLET_PREFIXES`.
 * **Bound elsewhere than loopback**: every route but ``/status`` and the static UI files needs a
   credential, GETs included.
 * **On loopback**: ``Host`` must name a loopback address with the port the request came in on
@@ -18,7 +19,10 @@ seed's ``/command``, the UI, role routers added later). Rules:
   credential: the UI has its session cookie (``SameSite=Strict``, so another site's page cannot
   send it). A process without those headers (the CLI, tests) is admitted as ``local`` (it could
   read the node's home anyway) unless a token is configured, in which case changes need it.
-* **Origins** in the allowlist get CORS headers (and preflight answers); no other origin does.
+* **Origins** in the allowlist get CORS headers (and preflight answers). A delegate (a client
+  started with ``--public-api``) also answers any origin on :data:`WALLET_PREFIXES` when the
+  request carries a wallet credential in its header (sign-in itself needs none); cookies never
+  travel cross-origin (no ``Access-Control-Allow-Credentials``). No other origin gets CORS.
 * **Bodies** are capped per route before and while they arrive: ``Content-Length`` over the cap
   is a 413 before a byte is read, and a body that keeps coming past it is cut off with a 413.
 
@@ -51,6 +55,22 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 OPEN_PATHS = frozenset({"/status", "/", "/ui", "/favicon.ico"})
 OPEN_PREFIXES = ("/ui/static/",)
 JSON_BODY_MAX = 64 << 10  # /command, /quote, sessions: small JSON documents
+# What a wallet session may call (and, on a delegate, what any origin may call with one).
+WALLET_PREFIXES = ("/api/v1/wallet/", "/api/v1/jobs", "/api/v1/quote", "/api/v1/node", "/api/v1/examples",
+                   "/api/v1/columns", "/api/v1/clients")
+# Sign-in needs no credential (it is how one gets one); its message is bound to the origin.
+WALLET_SIGN_IN = frozenset({"/api/v1/wallet/challenge", "/api/v1/wallet/session"})
+CORS_METHODS = b"GET, POST, DELETE, OPTIONS"
+
+
+def is_wallet_path(path: str) -> bool:
+    """Routes a wallet session may use (and a delegate serves to any origin)."""
+    return any(path == p.rstrip("/") or path.startswith(p.rstrip("/") + "/") for p in WALLET_PREFIXES)
+
+
+def has_wallet_header(conn: HTTPConnection) -> bool:
+    """``Authorization: Wallet ...`` (a cross-origin page's credential; never a cookie)."""
+    return conn.headers.get("authorization", "").partition(" ")[0].lower() == "wallet"
 
 
 @dataclass(frozen=True)
@@ -104,6 +124,8 @@ class TokenCredential:
         if given is None:
             return None
         scheme, _, value = given.partition(" ")
+        if scheme.lower() == "wallet":
+            return None  # a wallet session's header: the wallet credential decides
         if scheme.lower() == "bearer":
             v = value.strip().encode()
             # compare against every token so timing does not tell which one matched
@@ -205,8 +227,9 @@ class ApiGuard:
 
     def __init__(self, *, bind_host: str = "127.0.0.1", token: str | None = None,
                  origins: Iterable[str] = (), credentials: Iterable[Credential] = (),
-                 body_caps: dict[tuple[str, str], int] | None = None) -> None:
+                 body_caps: dict[tuple[str, str], int] | None = None, delegate: bool = False) -> None:
         self.public = not is_loopback(bind_host)
+        self.delegate = delegate  # started with --public-api: wallet routes answer any origin
         self.token_configured = bool(token)
         self.local_secret = secrets.token_urlsafe(32)
         self.session_secret = secrets.token_urlsafe(32)
@@ -248,7 +271,8 @@ class ApiGuard:
 
     def stats(self) -> dict[str, object]:
         """What ``/status`` shows about the guard."""
-        return {"public": self.public, "token_required": self.public or self.token_configured,
+        return {"public": self.public, "delegate": self.delegate,
+                "token_required": self.public or self.token_configured,
                 "origins": sorted(self.origins), "refused": dict(self.refused),
                 "refused_total": sum(self.refused.values())}
 
@@ -268,7 +292,25 @@ class ApiGuard:
 
     def origin_allowed(self, origin: str, conn: HTTPConnection) -> bool:
         o = origin.rstrip("/").lower()
-        return o in self.origins or o in self.own_origins(conn)
+        return o in self.origins or o in self.own_origins(conn) or self.delegate_admits(conn)
+
+    def delegate_admits(self, conn: HTTPConnection) -> bool:
+        """A delegate serves any origin the wallet routes: sign-in (bound to the origin by the
+        signed message), the rest only with a wallet credential in the header."""
+        path = conn.url.path
+        return self.delegate and is_wallet_path(path) and (path in WALLET_SIGN_IN or has_wallet_header(conn))
+
+    def cors_origin(self, conn: HTTPConnection, preflight: bool = False) -> str | None:
+        """The origin to echo in ``Access-Control-Allow-Origin``, or None (no CORS). A preflight
+        carries no credential, so a delegate answers it for every wallet route."""
+        origin = conn.headers.get("origin")
+        if origin is None:
+            return None
+        if origin.rstrip("/").lower() in self.origins:
+            return origin
+        if self.delegate and is_wallet_path(conn.url.path) and (preflight or self.delegate_admits(conn)):
+            return origin
+        return None
 
     def check_host(self, conn: HTTPConnection) -> None:
         """Loopback only: ``Host`` must be a loopback name with the port this socket listens on,
@@ -304,8 +346,11 @@ class ApiGuard:
                           "add it to FEDSWARM_API_ORIGINS to serve a UI from there")
         principal = self.authenticate(conn)
         if principal is not None:
+            if principal.kind == "wallet" and not is_wallet_path(path) and path != "/status":
+                raise Refusal(403, "wallet-scope", f"a wallet session cannot use {path[:80]}: "
+                              "it reaches the wallet, job, quote and node routes only")
             return principal
-        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES):
+        if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or path in WALLET_SIGN_IN:
             return Principal("local")
         if self.public:
             raise Refusal(401, "no-credential", "this node's API needs a credential: send Authorization: Bearer <token>")
@@ -358,10 +403,12 @@ class GuardMiddleware:
             return
         guard = self.guard
         conn = HTTPConnection(scope)
-        origin = conn.headers.get("origin")
-        cors = origin is not None and origin.rstrip("/").lower() in guard.origins
+        preflight = scope["method"] == "OPTIONS" and "access-control-request-method" in conn.headers
+        origin = guard.cors_origin(conn, preflight=preflight)
+        cors = origin is not None
         try:
-            if scope["method"] == "OPTIONS" and "access-control-request-method" in conn.headers:
+            if preflight:
+                # answered before any credential check: a preflight never carries one
                 await self._preflight(conn, origin, cors, send)
                 return
             principal = guard.admit(conn)
@@ -381,9 +428,10 @@ class GuardMiddleware:
 
     async def _preflight(self, conn: HTTPConnection, origin: str | None, cors: bool, send: Send) -> None:
         if not cors or origin is None:
-            raise Refusal(403, "bad-origin", f"origin {str(origin)[:80]!r} is not allowed to call this node")
+            given = conn.headers.get("origin")
+            raise Refusal(403, "bad-origin", f"origin {str(given)[:80]!r} is not allowed to call this node")
         headers = [(b"access-control-allow-origin", origin.encode()), (b"vary", b"Origin"),
-                   (b"access-control-allow-methods", b"GET, POST, OPTIONS"),
+                   (b"access-control-allow-methods", CORS_METHODS),
                    (b"access-control-allow-headers", b"authorization, content-type"),
                    (b"access-control-max-age", b"600"), (b"content-length", b"0")]
         await send({"type": "http.response.start", "status": 204, "headers": headers})

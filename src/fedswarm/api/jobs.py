@@ -24,6 +24,8 @@ from fedswarm.api.app import ApiError, RoleParts, principal_of, read_json
 from fedswarm.api.clients import ClientView, client_entry, clients_router
 from fedswarm.api.guard import Refusal, max_body
 from fedswarm.api.uploads import UploadError, UploadForm, UploadLimits, read_form, remove_tree
+from fedswarm.api.wallet import WalletCredential, WalletSessions, wallet_router
+from fedswarm.api.wallet_jobs import chain_info, check_owner, visible, wallet_detail
 from fedswarm.examples import example_specs
 from fedswarm.market.client_book import ClientBook
 from fedswarm.p2p.node import Rejected
@@ -38,6 +40,7 @@ from fedswarm.roles.client import (
     SubmitError,
     in_thread,
 )
+from fedswarm.roles.client.records import NODE_OWNER
 from fedswarm.storage.sealed import SealedError
 
 MAX_UPLOAD = 2 << 30  # a dataset file
@@ -45,7 +48,8 @@ MAX_MODEL_UPLOAD = 1 << 20  # a model spec (the spec parser's own cap)
 MAX_WEIGHTS_UPLOAD = 512 << 20  # initial weights of an exported graph
 MAX_FORM_FIELD = 64 << 10  # terms, example name
 JOB_FORM = UploadLimits(files={"dataset": MAX_UPLOAD, "model": MAX_MODEL_UPLOAD, "weights": MAX_WEIGHTS_UPLOAD},
-                        fields={"terms": MAX_FORM_FIELD, "example": 256})
+                        fields={"terms": MAX_FORM_FIELD, "example": 256, "result_public_key": 64,
+                                "result_key_origin": 200})
 COLUMNS_FORM = UploadLimits(files={"dataset": MAX_UPLOAD}, fields={})
 
 
@@ -113,8 +117,8 @@ def job_detail(role: ClientRole, job: JobRecord) -> dict[str, Any]:
         "trainers_detail": list(trainers.values()),
         "paid_wei": sum(t["paid_wei"] for t in trainers.values()),
         "escrow": escrow_detail(job, role.db.get_escrow(job.job_id)),
-        "result": {"key": job.result_key, "sha256": job.result_sha256} if job.result_key else None,
         "final_metrics": job.final_metrics,
+        **wallet_detail(job, role.db.get_escrow(job.job_id)),
         "events": job.events[-100:],
     }
 
@@ -130,7 +134,7 @@ def escrow_detail(job: JobRecord, esc: EscrowRecord) -> dict[str, Any]:
     reservations, and every transaction the client sent for it (by kind, with gas)."""
     by_kind: dict[str, list[dict[str, Any]]] = {}
     for tx in esc.txs:
-        by_kind.setdefault(tx.kind, []).append(tx.model_dump(mode="json"))
+        by_kind.setdefault(tx.kind, []).append({**tx.model_dump(mode="json"), "hash": tx.tx_hash})
     return {"contract": job.contract, "job_key": job.job_key, "nonce": job.nonce, "payer": job.payer,
             "operator": job.operator, "deposited_wei": job.deposited_wei, "paid_wei": esc.paid_wei,
             "refunded_wei": esc.refunded_wei, "refund_available_at": esc.release_at, "closing": esc.closing,
@@ -149,11 +153,30 @@ def job_parts(role: ClientRole) -> RoleParts:
     view = ClientView(ClientBook(role.home, escrow) if escrow is not None else None)
     clients = [clients_router(node, view)] if node is not None else []
 
-    def get_job(job_id: str) -> JobRecord:
+    sessions = WalletSessions(lambda: role.escrow.get_chain_id())  # read when first needed
+
+    def get_job(job_id: str, request: Request | None = None) -> JobRecord:
         try:
-            return role.job(job_id)
+            job = role.job(job_id)
         except JobNotFound as exc:
             raise ApiError(str(exc), 404) from None
+        return check_owner(request, job) if request is not None else job
+
+    def wallet_terms(request: Request, form: UploadForm, terms: JobTerms) -> tuple[JobTerms, dict[str, Any]]:
+        # A wallet's job: the result goes to the key the wallet derived, the wallet pays.
+        principal = principal_of(request)
+        if principal.kind != "wallet":
+            return terms, {}
+        pub, origin = form.fields.get("result_public_key", ""), form.fields.get("result_key_origin", "")
+        if not pub or not origin:
+            raise ApiError("a wallet's job needs result_public_key (64 hex, X25519) and result_key_origin")
+        try:
+            terms = JobTerms.model_validate({**terms.model_dump(), "user_box_public": pub.lower(),
+                                             "result_key_origin": origin})
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ApiError(f"bad result key: {'.'.join(map(str, first['loc']))}: {first['msg']}") from None
+        return terms, {"owner": principal.owner}
 
     async def receive_form(request: Request, dest: Path, limits: UploadLimits) -> UploadForm:
         # streamed straight into dest, each part under its cap (see api/uploads.py)
@@ -189,7 +212,7 @@ def job_parts(role: ClientRole) -> RoleParts:
         dest = uploads / secrets.token_hex(6)
         form = await receive_form(request, dest, JOB_FORM)
         try:
-            job_terms = parse_terms(form.fields.get("terms", "{}"))
+            job_terms, owner = wallet_terms(request, form, parse_terms(form.fields.get("terms", "{}")))
             example = form.fields.get("example")
             if "model" in form.files:
                 model = form.files["model"]
@@ -204,7 +227,7 @@ def job_parts(role: ClientRole) -> RoleParts:
             weights = form.files.get("weights")
             dataset = form.files["dataset"]
             job_id = await role.submit(dataset.path, spec, job_terms, dataset.filename,
-                                       weights.path if weights else None)
+                                       weights.path if weights else None, **owner)
         except SubmitError as exc:
             remove_tree(dest)
             raise ApiError(str(exc)) from None
@@ -214,12 +237,34 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"status": "ok", "job_id": job_id}
 
     @router.get("/jobs")
-    async def list_jobs() -> dict[str, Any]:
-        return {"jobs": [job_summary(j) for j in reversed(role.db.jobs())]}
+    async def list_jobs(request: Request) -> dict[str, Any]:
+        return {"jobs": [job_summary(j) for j in reversed(visible(request, role.db.jobs()))]}
+
+    @router.get("/jobs/{job_id}/funding")
+    async def job_funding(job_id: str, request: Request) -> dict[str, Any]:
+        """The fund() call a wallet user's job waits for (409 for a node-funded job)."""
+        job = get_job(job_id, request)
+        if job.funding is None:
+            raise ApiError(f"job {job_id} has no funding call (state {job.state}: "
+                           "it is paid by the node, or bids are still coming in)", 409)
+        return {**job.funding, "state": job.state}
+
+    @router.post("/jobs/{job_id}/funding")
+    async def job_funding_hint(job_id: str, request: Request) -> dict[str, Any]:
+        """The wallet's funding transaction hash (a hint: the node checks the chain itself)."""
+        job = get_job(job_id, request)
+        tx = (await read_json(request, what="funding hint")).get("tx_hash")
+        if not isinstance(tx, str) or len(tx) != 66 or not tx.startswith("0x"):
+            raise ApiError("send {\"tx_hash\": \"0x...\"} (32 bytes)")
+        if job.funding is None:
+            raise ApiError(f"job {job_id} is not waiting for a wallet's payment", 409)
+        job.funding_tx_hint = tx
+        role.db.put_job(job)
+        return {"status": "ok", "state": job.state}
 
     @router.get("/jobs/{job_id}")
-    async def job_status(job_id: str) -> dict[str, Any]:
-        job = get_job(job_id)
+    async def job_status(job_id: str, request: Request) -> dict[str, Any]:
+        job = get_job(job_id, request)
         # What trainers read on chain about this job's operator (they refuse to bid above their
         # limit, 50 % of at least 20 units by default); each bid also says what its trainer saw.
         seen = client_entry("", None, True, job.operator, view.records())
@@ -227,13 +272,13 @@ def job_parts(role: ClientRole) -> RoleParts:
                                                                                   "units_judged")}}
 
     @router.get("/jobs/{job_id}/audit")
-    async def job_audit(job_id: str) -> dict[str, Any]:
+    async def job_audit(job_id: str, request: Request) -> dict[str, Any]:
         """The job's audit topic, chain-verified, each message's signed envelope checked
         against the job's writers (:func:`audit_writers`); a message from anyone else is
         shown, marked."""
         from fedswarm.web import read_audit
 
-        job = get_job(job_id)
+        job = get_job(job_id, request)
         if not job.audit_topic:
             raise ApiError(f"job {job_id} has no audit topic yet", 404)
         try:
@@ -244,8 +289,8 @@ def job_parts(role: ClientRole) -> RoleParts:
             raise ApiError(f"cannot read audit topic {job.audit_topic}: {first[:300]}", 502) from None
 
     @router.post("/jobs/{job_id}/cancel")
-    async def cancel_job(job_id: str) -> dict[str, Any]:
-        get_job(job_id)
+    async def cancel_job(job_id: str, request: Request) -> dict[str, Any]:
+        get_job(job_id, request)
         try:
             job = role.request_cancel(job_id)
         except Rejected as exc:  # the job already ended
@@ -255,8 +300,8 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"status": "ok", "job_id": job_id, "state": job.state}
 
     @router.get("/jobs/{job_id}/events")
-    async def job_events(job_id: str) -> StreamingResponse:
-        get_job(job_id)
+    async def job_events(job_id: str, request: Request) -> StreamingResponse:
+        get_job(job_id, request)
 
         async def stream() -> Any:
             last = None
@@ -279,7 +324,9 @@ def job_parts(role: ClientRole) -> RoleParts:
 
     @router.get("/jobs/{job_id}/result")
     async def job_result(job_id: str, request: Request) -> Response:
-        job = get_job(job_id)
+        job = get_job(job_id, request)
+        if getattr(job, "owner", NODE_OWNER) != NODE_OWNER:
+            raise ApiError("encrypted to your wallet: use result/link", 409)
         # the decrypted weights go to the job's owner only (the node's token or UI session; a
         # wallet session for the wallet that owns the job)
         if not principal_of(request).owns(getattr(job, "owner", None)):
@@ -297,12 +344,14 @@ def job_parts(role: ClientRole) -> RoleParts:
                                  "X-Result-Plain-Sha256": crypto.sha256_bytes(data)})
 
     @router.get("/jobs/{job_id}/result/link")
-    async def job_result_link(job_id: str) -> dict[str, Any]:
-        job = get_job(job_id)
+    async def job_result_link(job_id: str, request: Request) -> dict[str, Any]:
+        job = get_job(job_id, request)
         if not job.result_key:
             raise ApiError(f"job {job_id} has no result yet (state {job.state})", 409)
         url = await in_thread(role.store.presign_get, job.result_key, 3600)
-        return {"url": url, "sha256": job.result_sha256, "job_id": job_id}
+        result = wallet_detail(job, role.db.get_escrow(job_id))["result"]
+        return {"url": url, "sha256": job.result_sha256, "job_id": job_id, "plain_sha256": result["plain_sha256"],
+                "envelope": result["envelope"], "key_origin": result["key_origin"], "size": result["size"]}
 
     @router.post("/quote")
     async def quote(request: Request) -> dict[str, Any]:
@@ -337,7 +386,8 @@ def job_parts(role: ClientRole) -> RoleParts:
         return {"peer_id": ident.peer_id, "address": ident.address, "box_public": ident.box_public_hex,
                 "balance_wei": balance, "network": role.settings.network,
                 "storage": type(role.store).__name__, "ledger": "anvil (devnet)" if role.settings.is_devnet else "Hedera",
-                "contract": role.escrow.contract_address, "api_token_required": bool(role.settings.api_token)}
+                "contract": role.escrow.contract_address, "api_token_required": bool(role.settings.api_token),
+                "chain": await in_thread(chain_info, role)}
 
     async def cmd_train(args: list[Any]) -> dict[str, Any]:
         if len(args) < 2 or not all(isinstance(a, str) for a in args[:2]):
@@ -369,9 +419,9 @@ def job_parts(role: ClientRole) -> RoleParts:
     async def resume() -> None:
         role.resume_all()
 
-    return RoleParts(routers=[router, *clients],
+    return RoleParts(routers=[router, wallet_router(sessions), *clients],
                      commands={"train": cmd_train, "advertize": cmd_advertize},
-                     status=status, tasks=[resume, view.run])
+                     credentials=[WalletCredential(sessions)], status=status, tasks=[resume, view.run])
 
 
 def make_quote(role: ClientRole, terms: JobTerms) -> dict[str, Any]:

@@ -79,8 +79,12 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
     node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
     parts = await build_role(role, node, settings, home, role_opts, client_cls=client_cls,
                              trainer_cls=trainer_cls)
+    # A delegate (--public-api / FEDSWARM_PUBLIC_API) advertises that URL and lets wallet pages
+    # from any origin call its wallet routes.
+    public_api = role_opts.get("public_api") or os.environ.get("FEDSWARM_PUBLIC_API") or None
     app = create_app(node, token=token, bind_host=api_host, origins=settings.api_origins.split(","),
-                     extra_routers=parts.routers, extra_commands=parts.commands, status_extra=parts.status)
+                     extra_routers=parts.routers, extra_commands=parts.commands, status_extra=parts.status,
+                     credentials=parts.credentials, delegate=bool(public_api))
     # the local CLI's credential: readable by this user only, new at every start
     write_local_secret(home, app.state.guard.local_secret)
     app.state.settings = settings  # routes that read backends (the UI's audit view) follow --devnet-home
@@ -88,7 +92,7 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
         await nursery.start(node.serve)
         bound = await nursery.start(serve_api, app, api_host, api_port)
         api_url = bound[0] if bound else f"http://{api_host}:{api_port}"
-        node.api_addr = api_url
+        node.api_addr = public_api or api_url
         for task in parts.tasks:
             nursery.start_soon(task)
         write_node_info(home, {"peer_id": node.peer_id, "role": role.value, "addrs": node.addrs,

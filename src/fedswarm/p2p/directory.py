@@ -35,6 +35,7 @@ class PeerRecord:
             topics=self.topics,
             capabilities=self.capabilities,
             price_wei=self.price_wei,
+            api=self.api,
             last_seen=self.last_seen,
             online=online,
         )
@@ -86,13 +87,14 @@ class Directory:
                 self._peers[e.peer_id] = PeerRecord(
                     peer_id=e.peer_id, role=e.role, addrs=list(e.addrs), last_seen=heard,
                     topics=list(e.topics), capabilities=e.capabilities, price_wei=e.price_wei,
+                    api=e.api,
                 )
                 continue
             rec.topics = list(e.topics)
             rec.last_seen = max(rec.last_seen, heard)
             if rec.seq < 0:  # known only second-hand: the summary is the freshest we have
                 rec.role, rec.addrs = e.role, list(e.addrs)
-                rec.capabilities, rec.price_wei = e.capabilities, e.price_wei
+                rec.capabilities, rec.price_wei, rec.api = e.capabilities, e.price_wei, e.api
 
     def is_online(self, rec: PeerRecord) -> bool:
         return self._clock() - rec.last_seen <= self.timeout

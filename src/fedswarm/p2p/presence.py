@@ -134,7 +134,7 @@ class Presence:
         hb = self.heartbeat()
         return PeerEntry(age_s=0.0,
             peer_id=self.peer_id, role=self.role, addrs=hb.addrs, topics=hb.topics,
-            capabilities=self.capabilities, price_wei=self.price_wei, last_seen=time.monotonic(),
+            capabilities=self.capabilities, price_wei=self.price_wei, api=hb.api, last_seen=time.monotonic(),
         )
 
     def mesh_summary(self) -> MeshSummary:

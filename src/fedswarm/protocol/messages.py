@@ -133,6 +133,7 @@ class PeerEntry(WireModel):
     topics: list[ShortStr] = Field(default_factory=list, max_length=256)
     capabilities: Capabilities | None = None
     price_wei: int | None = None
+    api: ShortStr | None = None  # the node's advertised API URL (a client's delegate address)
     last_seen: float = 0.0  # the summarizer's own clock: meaningless elsewhere, see age_s
     online: bool = True
     age_s: float = Field(default=0.0, ge=0.0, le=86_400.0)  # seconds since the summarizer heard it

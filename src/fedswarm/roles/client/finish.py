@@ -6,12 +6,16 @@ so trainers holding receipts are still paid). A job funded on the v1 contract is
 
 from __future__ import annotations
 
+import hashlib
 import json
+from pathlib import Path
 
+from fedswarm import wallet_envelope
 from fedswarm.ledger.contract import JobStatus
 from fedswarm.ledger.evm import job_id_from
 from fedswarm.protocol.job import JobFinished
 from fedswarm.protocol.topics import MARKET_TOPIC
+from fedswarm.roles.client.payment import is_wallet_job
 from fedswarm.roles.client.records import JobRecord
 from fedswarm.roles.client.review import global_path
 from fedswarm.roles.client.services import ClientServices, in_thread, log
@@ -42,13 +46,20 @@ class Finish:
             obj = JobObjects(job.job_id).result()
 
             def upload() -> StoredRef:
+                if is_wallet_job(job):
+                    return self._seal_for_wallet(job, final, obj.key)
                 return seal(svc.store, obj, final.read_bytes(), box_public=user_box)
 
             ref = await in_thread(upload)
             job.result_key, job.result_sha256 = ref.key, ref.sha256
             svc.db.put_job(job)
-            request_close(svc, job, "complete", json.dumps(ref.to_dict(), separators=(",", ":")))
+            pointer = ref.to_dict()
+            if is_wallet_job(job):
+                pointer["envelope"] = wallet_envelope.ENVELOPE
+            request_close(svc, job, "complete", json.dumps(pointer, separators=(",", ":")))
         await wait_closed(svc, self.settler, job.job_id)
+        if is_wallet_job(job):
+            self._forget_plaintext(job)
         job = svc.job(job.job_id)
         rounds = svc.db.rounds(job.job_id)
         job.final_metrics = rounds[-1].metrics if rounds else {}
@@ -58,6 +69,35 @@ class Finish:
         await svc.publish_finished(job.job_id, "done")
         await svc.node.publish(MARKET_TOPIC, JobFinished(job_id=job.job_id, state="done"))
         await svc.audit_entry(job, {"state": "done", "metrics": job.final_metrics})
+
+    def _seal_for_wallet(self, job: JobRecord, final: Path, key: str) -> StoredRef:
+        """Seal the final weights to the wallet's result key (fedswarm-wallet-v1), streaming
+        from the file to a sealed file beside it, and upload that (blocking)."""
+        assert job.terms.user_box_public
+        sealed = final.with_name(final.name + ".fsw1")
+        size = final.stat().st_size
+        plain = hashlib.sha256()
+        with final.open("rb") as src:
+            for block in iter(lambda: src.read(1 << 20), b""):
+                plain.update(block)
+        with final.open("rb") as src, sealed.open("wb") as dst:
+            wallet_envelope.seal_stream(src, dst, size, bytes.fromhex(job.terms.user_box_public), job.job_id)
+        digest = hashlib.sha256()
+        with sealed.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        self.svc.store.put(key, sealed)
+        length = sealed.stat().st_size
+        sealed.unlink()
+        job.result_plain_sha256, job.result_size = plain.hexdigest(), length
+        return StoredRef(key, digest.hexdigest(), length)
+
+    def _forget_plaintext(self, job: JobRecord) -> None:
+        """A wallet job's result is the wallet's alone: once it is sealed and on chain the
+        node deletes its plaintext final weights and the last round's global model."""
+        folder = self.svc.job_dir(job.job_id)
+        for r in (job.terms.rounds, job.terms.rounds - 1):
+            global_path(folder, r).unlink(missing_ok=True)
 
     async def cancel(self, job: JobRecord) -> None:
         """Stop a job at the user's request: the settler puts the verdicts already made on
@@ -118,6 +158,8 @@ class Finish:
         is not the recorded one, or was sealed to another key (``user_box_public``)."""
         if not job.result_key or not job.result_sha256:
             raise ValueError(f"job {job.job_id} has no result yet (state {job.state})")
+        if is_wallet_job(job):
+            raise ValueError(f"the result of {job.job_id} is encrypted to its wallet; this node cannot open it")
         return open_stored(self.svc.store, JobObjects(job.job_id).result(), sha256=job.result_sha256,
                            max_bytes=job.num_params * 4 * 2 + RESULT_SLACK_BYTES,
                            box_private=self.svc.identity.box_key)

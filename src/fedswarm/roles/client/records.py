@@ -17,8 +17,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
-JobState = Literal["submitted", "prepared", "bidding", "selected", "escrowed", "running",
+JobState = Literal["submitted", "prepared", "bidding", "selected", "awaiting-payment", "escrowed", "running",
                    "finishing", "done", "failed", "cancelled"]
+NODE_OWNER = "node"  # a job submitted with the node's own credentials (else: a wallet address)
 # assigned -> accepted (trainer took it) -> receipted (object checked, receipt signed: waiting
 # for the update's key) -> delivered (decrypted, usable) -> checked (verdict recorded).
 UnitState = Literal["assigned", "accepted", "receipted", "delivered", "failed", "lost", "checked"]
@@ -57,6 +58,9 @@ class JobTerms(BaseModel):
     bid_window_s: float = Field(10.0, ge=0.5, le=600)  # closes early once enough bids arrived
     mode: Literal["train", "noop"] = "train"
     user_box_public: str | None = Field(None, pattern=r"^[0-9a-f]{64}$")
+    # The origin the wallet's result key was derived for (fedswarm.wallet_envelope): the user
+    # needs it again to derive the key that opens the result.
+    result_key_origin: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\r\n]+$")
 
 
 class ChainTx(BaseModel):
@@ -99,6 +103,7 @@ class JobRecord(BaseModel):
 
     job_id: str
     state: JobState = "submitted"
+    owner: str = NODE_OWNER  # "node" or the checksum address of the wallet that submitted it
     terms: JobTerms
     model: dict[str, Any]
     dataset_path: str
@@ -126,6 +131,12 @@ class JobRecord(BaseModel):
     operator: str | None = None
     result_key: str | None = None
     result_sha256: str | None = None
+    # A wallet job: the fund() call the wallet sends (see roles.client.payment), and what the
+    # result envelope holds (plaintext sha256 and size; the node keeps no plaintext copy).
+    funding: dict[str, Any] | None = None
+    funding_tx_hint: str | None = None
+    result_plain_sha256: str | None = None
+    result_size: int | None = None
     final_metrics: dict[str, float] = Field(default_factory=dict)
     events: list[dict[str, Any]] = Field(default_factory=list)  # human-readable timeline
 

@@ -3,7 +3,9 @@
 A job moves through::
 
     submitted -> prepared -> bidding -> selected -> escrowed -> running -> finishing -> done
-                                                                       (or failed / cancelled)
+                                              +-> awaiting-payment -+     (or failed / cancelled)
+
+(``awaiting-payment``: a wallet user's job, funded by the wallet itself, :mod:`.payment`.)
 
 Each state has one step, in its own module: :mod:`.submission` (validate, then prepare the
 dataset and initial weights), :mod:`.bidding` (announce, select trainers, escrow their pay),
@@ -37,7 +39,8 @@ from fedswarm.protocol.messages import Role
 from fedswarm.roles.client.bidding import Bidding, fund_trainers
 from fedswarm.roles.client.exchange import Exchange
 from fedswarm.roles.client.finish import FUNDED_STATES, Finish
-from fedswarm.roles.client.records import TERMINAL, JobRecord, JobState, JobTerms
+from fedswarm.roles.client.payment import Payment, is_wallet_job
+from fedswarm.roles.client.records import NODE_OWNER, TERMINAL, JobRecord, JobState, JobTerms
 from fedswarm.roles.client.review import Review
 from fedswarm.roles.client.rounds import Rounds
 from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread, log
@@ -67,6 +70,7 @@ class ClientRole:
         self._running: set[str] = set()  # jobs a drive() task is working on
         self.submission = Submission(svc)
         self.bidding = Bidding(svc, self.fund_trainers)
+        self.payment = Payment(svc, self.fund_trainers)
         self.review = Review(svc, JobStrategies(svc.job_dir))
         self.settler = Settler(svc, self.submit_verdicts, self.complete_job)
         self.rounds = Rounds(svc, self.review, self._round_checked, self._cancel_requested.__contains__)
@@ -86,7 +90,8 @@ class ClientRole:
             "submitted": self.submission.prepare,
             "prepared": self.bidding.collect_bids,
             "bidding": self.bidding.collect_bids,
-            "selected": self.bidding.escrow,
+            "selected": self._escrow,
+            "awaiting-payment": self._await_payment,
             "escrowed": self.rounds.run_rounds,
             "running": self.rounds.run_rounds,
             "finishing": self.finishing.finish,
@@ -135,16 +140,25 @@ class ClientRole:
         escrow; reservations come back at release); None when nothing was sent."""
         return await in_thread(self.escrow.complete, bytes.fromhex(job.job_key or ""), pointer, result_sha256)
 
+    async def _escrow(self, job: JobRecord) -> None:
+        # A wallet's job is funded by the wallet (the node only operates it).
+        await (self.payment.request(job) if is_wallet_job(job) else self.bidding.escrow(job))
+
+    async def _await_payment(self, job: JobRecord) -> None:
+        await self.payment.wait(job, self._cancel_requested.__contains__)
+
     async def _round_checked(self, job: JobRecord, r: int) -> None:
         await round_checked(self.svc, self.settler, job, r)
 
     # ---------------------------------------------------------------- what the API calls
 
     async def submit(self, dataset_path: Path, model: dict[str, Any], terms: JobTerms,
-                     name: str = "", initial_weights: Path | None = None) -> str:
+                     name: str = "", initial_weights: Path | None = None, owner: str = NODE_OWNER) -> str:
         """Validate a job (dry run on a few rows, model budget) and start it. Nothing is spent
-        here; errors raise :class:`SubmitError` with a one-line reason."""
+        here; errors raise :class:`SubmitError` with a one-line reason. ``owner``: the wallet
+        address of a wallet user's job (it pays and alone reads the result)."""
         job = await self.submission.submit(dataset_path, model, terms, name, initial_weights)
+        job.owner = owner
         self.svc.db.put_job(job)
         self.start(job.job_id)
         return job.job_id
