@@ -19,6 +19,9 @@ from fedswarm.ledger.audit import AuditError
 from fedswarm.ledger.audit_hedera import HederaAuditLog
 from fedswarm.ledger.contract import load_artifact
 from fedswarm.ledger.deploy import DeployError, deploy
+from fedswarm.ledger.escrow import EscrowV2
+from fedswarm.ledger.evm import LedgerError
+from fedswarm.ledger.hedera import ValueUnits
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hedera"
 TX_HASH = "0x" + "5e" * 32
@@ -149,3 +152,27 @@ def test_mirror_errors_are_one_line(recorded: tuple[Recorded, str], name: str, l
     with pytest.raises(AuditError) as err:
         log.read("0.0.7777")
     assert "\n" not in str(err.value) and line in str(err.value)
+
+
+@pytest.mark.parametrize(("name", "line"), [
+    ("relay_insufficient_payer_balance.json",
+     "withdraw: the paying account has too little HBAR (INSUFFICIENT_PAYER_BALANCE): top it up"),
+    ("relay_invalid_signature.json",
+     "withdraw: the network refused the signature (INVALID_SIGNATURE): sign with the ECDSA key"),
+    ("relay_contract_revert.json", "withdraw reverted: NotRegistered"),
+    ("relay_throttled_429.json", "the relay is throttling requests (HTTP 429 / rate limit): wait a minute"),
+])
+def test_a_nodes_escrow_calls_fail_in_one_line(recorded: tuple[Recorded, str], name: str, line: str) -> None:
+    """What a trainer or client sees when its own transaction (a withdrawal here) meets each
+    recorded relay error."""
+    state, url = recorded
+    state.load_rpc("relay_deploy_ok.json")
+    state.load_rpc(name)
+    account = Account.create()
+    state.sender = account.address.lower()
+    escrow = EscrowV2(url, "0x" + "12" * 20, account, units=ValueUnits.hedera(), chain_id=296,
+                      receipt_timeout=5, retries=0)
+    with pytest.raises(LedgerError) as err:
+        escrow.withdraw()
+    text = str(err.value)
+    assert "\n" not in text and line in text, text

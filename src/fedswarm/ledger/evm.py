@@ -36,7 +36,7 @@ from fedswarm.ledger.contract import (
     UnitInfo,
     load_artifact,
 )
-from fedswarm.ledger.hedera import ValueUnits
+from fedswarm.ledger.hedera import ValueUnits, known_relay_error
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -417,7 +417,9 @@ class Ledger:
                     tx["gasPrice"] = self._current_gas_price()
                     if attempt < self.retries:
                         continue
-                raise LedgerError(f"{action}: the node refused the transaction: {exc}") from None
+                known = known_relay_error(exc)
+                raise LedgerError(f"{action}: {known}" if known else
+                                  f"{action}: the node refused the transaction: {exc}") from None
             except LedgerError:
                 # Transport failure after retries: the node may or may not have it.
                 self.nonces.resync()
@@ -488,7 +490,8 @@ class Ledger:
         data = getattr(exc, "data", None)
         if isinstance(data, dict):  # some nodes nest it
             data = data.get("data")
-        if isinstance(data, str) and data.startswith("0x"):
+        # Hedera's relay may put the decoded reason in the message and only "0x" in the data.
+        if isinstance(data, str) and data.startswith("0x") and len(data) > 2:
             return self.artifact.decode_revert(data)
         msg = str(exc.args[0]) if exc.args else str(exc)
         return msg.removeprefix("execution reverted: ").strip() or "reverted"
@@ -509,6 +512,8 @@ class Ledger:
             except TimeExhausted as exc:
                 err = exc
             if attempt == self.retries:
+                if isinstance(err, requests.HTTPError) and known_relay_error(str(err)):
+                    raise LedgerError(f"RPC {self.rpc_url}: {known_relay_error(str(err))}") from None
                 raise LedgerError(
                     f"RPC {self.rpc_url} unreachable after {self.retries + 1} tries"
                     f" ({type(err).__name__}): is the chain running?"

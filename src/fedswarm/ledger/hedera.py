@@ -190,9 +190,9 @@ _RELAY_ERRORS: tuple[tuple[tuple[str, ...], str], ...] = (
 )
 
 
-def explain_relay_error(exc: BaseException | str) -> str:
-    """One line for an error from Hedera's relay: what happened and what to do (the relay's own
-    text, shortened, when it is none of the known ones)."""
+def known_relay_error(exc: BaseException | str) -> str | None:
+    """The one-line explanation of a known relay error (balance, signature, revert,
+    throttling), or None when ``exc`` is none of them."""
     text = str(exc)
     low = text.lower()
     for needles, line in _RELAY_ERRORS:
@@ -202,5 +202,15 @@ def explain_relay_error(exc: BaseException | str) -> str:
                 reason = m.group(1).strip() if m else ""
                 return f"{line}: {reason}" if reason else line
             return line
+    return None
+
+
+def explain_relay_error(exc: BaseException | str) -> str:
+    """One line for an error from Hedera's relay: what happened and what to do (the relay's own
+    text, shortened, when it is none of the known ones)."""
+    known = known_relay_error(exc)
+    if known is not None:
+        return known
+    text = str(exc)
     first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
     return first[:200]
