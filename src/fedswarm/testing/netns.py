@@ -192,6 +192,11 @@ class Testbed:
                         "rate", f"{kbit}kbit", "burst", f"{burst}kbit", "latency", "500ms"],
                        check=True, capture_output=True, timeout=30)
 
+    def unlimit_uplink(self, label: str) -> None:
+        """Remove ``label``'s uplink cap."""
+        subprocess.run([*self.hosts[label].wrap, "tc", "qdisc", "del", "dev", "eth0", "root"],
+                       check=False, capture_output=True, timeout=30)
+
     # -- processes
 
     def start_devnet(self, label: str = "services", block_time: float = 0.0, timeout: float = 120.0) -> dict[str, Any]:

@@ -26,6 +26,7 @@ from fedswarm.ledger.evm import Ledger
 from fedswarm.p2p.node import Node
 from fedswarm.roles.trainer.clients import ClientBook
 from fedswarm.roles.trainer.records import TrainerDB
+from fedswarm.roles.trainer.uplink import Uplink
 from fedswarm.storage.chunk_cache import ChunkCache
 
 log = logging.getLogger("fedswarm.trainer")
@@ -160,6 +161,7 @@ class TrainerCore:
         self.pending_wei: int | None = None
         self._pending_at = 0.0
         self.stats = Stats()
+        self.uplink = Uplink()  # measured from our own uploads: units we cannot upload in time are refused
         self._running: set[Key] = set()
         self._bidding: set[str] = set()
         self._bids_unanswered: set[str] = set()  # timed out: the client may not have them

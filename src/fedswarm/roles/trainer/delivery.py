@@ -58,10 +58,12 @@ class Delivery(TrainerCore):
         remaining = wu.deadline - time.time()
         if remaining <= 0:
             raise UnitError("unit deadline passed before the upload")
+        t_up = time.monotonic()
         await trio.to_thread.run_sync(
             lambda: upload_file(wu.put_url, enc_path, content_type="application/octet-stream",
                                 deadline_s=max(1.0, remaining * 0.7),
                                 allow_private=self.options.allow_private_urls))
+        self.uplink.record(enc_path.stat().st_size, time.monotonic() - t_up)
         self.db.set_unit(rec.key, UnitState.UPLOADED)
         self._audit(wu.audit_topic, wu.job_id, "uploaded", wu.round, wu.unit, bytes=rec.update_size,
                     sha256=rec.update_sha256)

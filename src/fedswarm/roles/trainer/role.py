@@ -61,6 +61,7 @@ class Trainer(Bidding, UnitFlow, Payments):
             "price_wei": self.options.price_wei,
             "address": self.identity.address,
             "stats": dict(self.stats.counters),
+            **self.uplink.public(),
         }}
 
     def units_public(self) -> list[dict[str, Any]]:

@@ -88,6 +88,12 @@ class UnitFlow(Delivery):
             raise Rejected(f"this trainer stopped working for job {wu.job_id}: {job.stopped}"[:500])
         if wu.deadline <= time.time() + MIN_UNIT_SECONDS:
             raise Rejected(f"deadline of unit {wu.round}/{wu.unit} is too close or passed")
+        # The update is about the size of the global weights it starts from.
+        too_slow = self.uplink.refusal(wu.global_size, wu.deadline - time.time())
+        if too_slow:
+            self.stats.bump("units_refused_uplink")
+            log.info("refused unit %s/%s of job %s: %s", wu.round, wu.unit, wu.job_id, too_slow)
+            raise Rejected(too_slow[:500])
         reason = assignment_refusal(job, wu, self.identity.address, self.chain_id)
         if reason:
             self._decline(job, wu, reason)
@@ -210,7 +216,7 @@ class UnitFlow(Delivery):
         if total < MIN_UNIT_SECONDS:
             raise UnitError("deadline too close to start the unit")
         # Reserve time for encrypt + upload + the exchange with the client after training.
-        reserve = max(2.0, min(30.0, 0.15 * total))
+        reserve = max(2.0, min(30.0, 0.15 * total), self.uplink.upload_seconds(wu.global_size))
 
         self._audit(wu.audit_topic, wu.job_id, "downloading", wu.round, wu.unit,
                     chunks=len(wu.chunks), bytes=wu.global_size + sum(c.size for c in wu.chunks))
