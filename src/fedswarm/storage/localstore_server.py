@@ -307,6 +307,9 @@ class StoreHandler(BaseHTTPRequestHandler):
             self.send_header("Content-Length", str(size))
             self.send_header("ETag", f'"{sha}"')
             self.send_header("X-Fedswarm-Sha256", sha)
+            # A signed GET URL is itself the credential (no cookies), so any page may read it:
+            # a wallet user's browser downloads its sealed result straight from the store.
+            self.send_header("Access-Control-Allow-Origin", "*")
             self.end_headers()
             if send_body and size:
                 self.wfile.flush()

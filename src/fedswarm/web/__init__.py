@@ -1,7 +1,9 @@
 """The browser UI: a no-build single-page app served by the node's own HTTP server.
 
 Everything under ``static/`` ships with the package (no CDN, no runtime fetch elsewhere). The
-app talks only to the node's REST API and its server-sent events. Besides the static files,
+app talks to the node's REST API and its server-sent events (or to a delegate's, a client node
+the user picked), to the user's browser wallet (EIP-1193), and, for a wallet user's result, to
+the object store's signed URL. Besides the static files,
 this module adds one read-only JSON route: an audit topic read from the mirror-style endpoint and
 verified (running-hash chain) on the server. The job page uses the client's
 ``/api/v1/jobs/{id}/audit`` instead (:mod:`fedswarm.api.jobs`), which also checks every
@@ -26,8 +28,12 @@ TOPIC_RE = re.compile(r"^\d{1,10}\.\d{1,10}\.\d{1,18}$")
 MAX_AUDIT_MESSAGES = 5000  # a job writes tens of messages; this bounds a hostile topic
 
 # The SPA is one document; its strict CSP forbids anything but our own files (no inline code).
+# connect-src reaches further than 'self' for two things only: a delegate (another client node's
+# public API, picked on the Network page) and the object store's signed URL a wallet user's
+# sealed result is downloaded from; both over https, or plain http on this machine's loopback.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self'; object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
+       "connect-src 'self' https: http://127.0.0.1:* http://localhost:* http://[::1]:*; "
+       "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 
 def mount_ui(app: FastAPI, role: str, settings: Any | None = None) -> None:

@@ -23,16 +23,6 @@ export function short(id, n = 10) {
   return id.length > n + 4 ? `${id.slice(0, n)}…${id.slice(-4)}` : id;
 }
 
-// Wei as an exact integer string plus a readable approximation in whole coins.
-export function wei(value) {
-  if (value === null || value === undefined) return "—";
-  const n = Number(value);
-  if (!Number.isFinite(n)) return String(value);
-  const coins = n / 1e18;
-  const approx = coins === 0 ? "0" : coins >= 0.001 ? coins.toFixed(4) : coins.toExponential(2);
-  return `${approx} (${BigInt(Math.round(n)).toString()} wei)`;
-}
-
 export function num(v, digits = 4) {
   return v === null || v === undefined || Number.isNaN(v) ? "—" : Number(v).toFixed(digits);
 }
@@ -54,4 +44,20 @@ export function table(caption, headers, rows, attrs = {}) {
 export function fill(el, ...children) {
   el.replaceChildren(...children.flat(Infinity).filter((c) => c !== null && c !== undefined && c !== false));
   return el;
+}
+
+export function alertBox(msg, id) {
+  return h("p", { class: "error", role: "alert", id, "data-testid": id }, msg);
+}
+
+export function field(label, input, hint) {
+  const id = input.id;
+  return h("div", { class: "field" }, h("label", { for: id }, label), input,
+    hint ? h("small", { id: `${id}-hint`, class: "muted" }, hint) : null);
+}
+
+export function fact(k, v) { return h("div", {}, h("dt", {}, k), h("dd", {}, v)); }
+
+export function card(title, value) {
+  return h("div", { class: "card" }, h("div", { class: "card-title" }, title), h("div", { class: "card-value" }, value));
 }
