@@ -16,6 +16,7 @@ global weights on the held-out split and records the round as ``checked``.
 
 from __future__ import annotations
 
+import logging
 import secrets
 import time
 from pathlib import Path
@@ -27,6 +28,7 @@ from fedswarm.learning.checks import Verdict as CheckVerdict
 from fedswarm.learning.checks import reason_hash
 from fedswarm.learning.reference import aggregation_weight
 from fedswarm.learning.review import ReviewReport, UnitInput, review_round
+from fedswarm.learning.review_policy import pick_reference_unit
 from fedswarm.learning.weights import (
     Layout,
     flatten_state,
@@ -55,6 +57,7 @@ from fedswarm.roles.client.training import (
 )
 
 CLIENT_DEVICE = "cpu"  # the client re-executes on CPU (ClientServices.worker)
+log = logging.getLogger("fedswarm.client")
 
 
 def global_path(job_dir: Path, r: int) -> Path:
@@ -92,6 +95,39 @@ class Review:
         # Update vectors loaded (downloaded, hash-checked, decrypted) for a round's checks,
         # reused by aggregation; keyed by (job, round, unit), dropped once the round is aggregated.
         self._vectors: dict[tuple[str, int, int], np.ndarray] = {}
+        # Re-executions done while the trainers were still working (see prepare_reference),
+        # keyed by (job, round, unit id); used once by the review, dropped at aggregation.
+        self._redone: dict[tuple[str, int, str], np.ndarray] = {}
+
+    async def prepare_reference(self, job: JobRecord, r: int) -> str | None:
+        """Re-execute, while the trainers work, the unit that will be round ``r``'s reference if
+        every assigned unit is delivered; returns its id (None: nothing done).
+
+        The review picks the reference among the delivered units by HMAC(secret, round, unit):
+        the minimum draw. When every assigned unit arrives (the usual case) that is the unit
+        with the minimum draw among the assigned ones, known as soon as they are assigned, and
+        its re-execution needs only the client's own inputs (global weights, chunk, seed), not
+        the trainer's delivery. Doing it now takes a whole training run off the round's path
+        and changes no decision: the pick is still made by the review over what was delivered
+        (a different pick is re-executed then), and no trainer can tell which unit it is.
+        """
+        svc = self.svc
+        if job.terms.mode == "noop":
+            return None
+        units = [u for u in svc.db.units(job.job_id, r) if u.state in ("assigned", "accepted", "receipted",
+                                                                         "delivered")]
+        if not units:
+            return None
+        uid = pick_reference_unit([str(u.unit) for u in units], svc.db.get_secret(job.job_id), r)
+        unit = next(u for u in units if str(u.unit) == uid)
+        task = reexec_task(job, self.strategies.get(job), global_path(svc.job_dir(job.job_id), r), unit)
+        worker = await svc.worker()
+        try:
+            self._redone[(job.job_id, r, uid)] = await svc.locked(lambda: reexecute_unit(worker, task))
+        except Exception as exc:  # the review re-executes it itself then
+            log.warning("job %s round %d: early re-execution of unit %s failed: %s", job.job_id, r, uid, exc)
+            return None
+        return uid
 
     async def check_units(self, job: JobRecord, r: int) -> ReviewReport | None:
         """Review every delivered, unchecked unit of round ``r`` (call it once all deliveries
@@ -140,6 +176,9 @@ class Review:
             return evaluate_file(worker, job, hit[1], samples[key])["loss"]
 
         def reexecute(unit_id: str) -> np.ndarray:
+            early = self._redone.pop((job.job_id, r, unit_id), None)  # same inputs, same result
+            if early is not None:
+                return early
             return reexecute_unit(worker, reexec_task(job, strategy, gpath, by_id[unit_id][0]))
 
         def run() -> tuple[ReviewReport, dict[str, float]]:
@@ -262,6 +301,8 @@ class Review:
                for u in units if (job.job_id, u.round, u.unit) in self._vectors]
         for key in [k for k in self._vectors if k[0] == job.job_id]:
             del self._vectors[key]  # the round is aggregated: free the memory
+        for early in [k for k in self._redone if k[0] == job.job_id]:
+            del self._redone[early]  # an early re-execution the review did not need
         return out
 
 

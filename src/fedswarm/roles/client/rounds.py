@@ -78,7 +78,10 @@ class Rounds:
                     n.start_soon(self._assign, job, r, slot, bid, slot, global_ref, rnd.deadline)
         else:
             svc.event(job, f"round {r}: resumed after a restart")
-        await self._collect(job, r, rnd, global_ref, inbox)
+        async with trio.open_nursery() as early:
+            # The likely reference is re-executed while the trainers work (off the round's path).
+            early.start_soon(self.review.prepare_reference, job, r)
+            await self._collect(job, r, rnd, global_ref, inbox)
         await self._review(job, r, rnd, global_ref, inbox)
         await self.checked(job, r)
         if not any(u.verdict == "accepted" for u in svc.db.units(job.job_id, r)):
