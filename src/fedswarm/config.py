@@ -52,6 +52,15 @@ class Settings(BaseSettings):
     api_token: SecretStr | None = Field(default=None, alias="FEDSWARM_API_TOKEN")
     # origins (scheme://host[:port], comma list) of UIs served elsewhere that may call this API
     api_origins: str = Field(default="", alias="FEDSWARM_API_ORIGINS")
+    # Network deadlines. libp2p has no liveness and a blackholed peer's TCP connection hangs
+    # without an error, so a node judges peers by their heartbeats and bounds every network
+    # wait: a peer silent for peer_timeout_s is unresponsive (its units are reassigned); a dial
+    # gives up after dial_timeout_s and is retried every second; an RPC (stream open, request
+    # write, reply read) after rpc_timeout_s. The --heartbeat / --peer-timeout flags win.
+    heartbeat_s: float = Field(default=1.0, gt=0, le=60, alias="FEDSWARM_HEARTBEAT_S")
+    peer_timeout_s: float = Field(default=4.0, gt=0, le=600, alias="FEDSWARM_PEER_TIMEOUT_S")
+    dial_timeout_s: float = Field(default=3.0, gt=0, le=120, alias="FEDSWARM_DIAL_TIMEOUT_S")
+    rpc_timeout_s: float = Field(default=15.0, gt=0, le=600, alias="FEDSWARM_RPC_TIMEOUT_S")
 
     # Object storage (Akave O3 / S3); empty means the devnet store.
     aws_access_key_id: SecretStr | None = None

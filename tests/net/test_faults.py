@@ -51,18 +51,25 @@ class Net:
     def job(self, job_id: str) -> dict[str, Any]:
         return netns.api(self.client, "GET", f"/api/v1/jobs/{job_id}").json()
 
-    def submit(self, tmp: Path, *, rounds: int, deadline_s: float = 60.0, epochs: int = 2) -> str:
-        """A breast-cancer job for two trainers and one standby; returns its id."""
+    def submit(self, tmp: Path, *, rounds: int, deadline_s: float = 60.0, epochs: int = 2,
+               model: bytes | None = None) -> str:
+        """A breast-cancer job for two trainers and one standby (the example model, or the
+        ``model`` spec given); returns its id."""
         from fedswarm.demo.run import bundled_dataset
 
+        tmp.mkdir(parents=True, exist_ok=True)
         data, label, example = bundled_dataset("breast_cancer", tmp)
         terms = {"rounds": rounds, "trainers": 2, "standby": 1, "strategy": "fedavg", "label": label,
                  "round_deadline_s": deadline_s, "price_cap_wei": 10**16, "settle_window_s": 30,
                  "claim_window_s": int(self.devnet["chain"].get("escrow_v2_min_claim_window") or 10),
                  "local_epochs": epochs, "batch_size": 32, "lr": 0.005}
-        r = netns.api(self.client, "POST", "/api/v1/jobs", timeout=120,
-                      files={"dataset": (data.name, data.read_bytes())},
-                      data={"terms": json.dumps(terms), "example": example})
+        files = {"dataset": (data.name, data.read_bytes())}
+        form = {"terms": json.dumps(terms)}
+        if model is None:
+            form["example"] = example
+        else:
+            files["model"] = ("mlp.seq.json", model)
+        r = netns.api(self.client, "POST", "/api/v1/jobs", timeout=120, files=files, data=form)
         assert r.status_code == 200, r.text
         return str(r.json()["job_id"])
 
@@ -289,3 +296,49 @@ def test_bootstrap_host_unreachable_for_60_s(net: Net, tmp_path: Path) -> None:
     assert t_mesh - t_back <= 10.0, t_mesh - t_back
     assert job["state"] == "done", job.get("error")
     assert t_back - t_cut >= 60
+
+
+def _mlp(hidden: int) -> bytes:
+    """The breast-cancer example with ``hidden`` units: 33 x hidden + 2 parameters."""
+    from importlib.resources import files
+
+    spec = json.loads(files("fedswarm.examples").joinpath("breast_cancer.seq.json").read_text())
+    spec["layers"][0]["out_features"] = hidden
+    spec["layers"][-1]["in_features"] = hidden
+    return json.dumps(spec).encode()
+
+
+def test_trainer_behind_a_slow_uplink_budgets_its_uploads(net: Net, tmp_path: Path) -> None:
+    """Scaled from "a 4.35M-parameter model (~17 MB) behind 1 Mbit/s with 300 s rounds" to
+    256 kbit/s and models of 66k and 396k parameters (~0.27 MB and ~1.6 MB updates) with 60 s
+    and 40 s rounds: the same mechanism (measured uplink, upload budget at assignment, liveness
+    while an upload saturates the link) at a fraction of the wall time."""
+    slow = net.trainers[0]  # the cheapest: picked first
+    net.bed.limit_uplink(slow.home.name, 256)
+    t0 = time.monotonic()
+    try:
+        # ~10 s to upload each update, well within 60 s rounds: it takes both and keeps them.
+        fits = net.submit(tmp_path / "fits", rounds=2, deadline_s=60, model=_mlp(2000))
+        job1 = net.wait_job(fits)
+        t1 = time.monotonic()
+        assert job1["state"] == "done", job1.get("error")
+        mine = [u for u in job1["units"] if u["trainer_peer"] == slow.peer_id]
+        assert len(mine) == 2 and all(u["verdict"] == "accepted" for u in mine), mine
+        assert sum(r["reassigned"] for r in job1["rounds_detail"]) == 0, job1["rounds_detail"]
+        status = netns.api(slow, "GET", "/status").json()["trainer"]
+        assert status["uplink_samples"] >= 1 and 100 <= status["uplink_kbit_s"] <= 300, status
+        # ~50 s to upload one update, 40 s rounds: it refuses, the standby does the slot.
+        too_big = net.submit(tmp_path / "too-big", rounds=1, deadline_s=40, model=_mlp(12000))
+        job2 = net.wait_job(too_big)
+        t2 = time.monotonic()
+        assert job2["state"] == "done", job2.get("error")
+        assert not [u for u in job2["units"] if u["trainer_peer"] == slow.peer_id
+                    and u["state"] not in ("failed",)], job2["units"]
+        stats = netns.api(slow, "GET", "/status").json()["trainer"]["stats"]
+        assert stats.get("units_refused_uplink", 0) >= 1, stats
+    finally:
+        net.bed.unlimit_uplink(slow.home.name)
+    print(f"\nslow uplink: measured {status['uplink_kbit_s']} kbit/s; job that fits {t1 - t0:.1f} s, "
+          f"job refused by the slow trainer {t2 - t1:.1f} s")
+    for job in (net.wait_settled(fits), net.wait_settled(too_big)):
+        _assert_paid_once(net, job)

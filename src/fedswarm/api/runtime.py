@@ -76,7 +76,8 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
     if not is_loopback(api_host) and not token:
         raise ConfigError(f"binding the API to {api_host} needs an API token: set FEDSWARM_API_TOKEN")
 
-    node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts))
+    node = Node(identity, role, settings.listen, bootstrap, **_node_opts(role, role_opts, settings))
+    node.dial_timeout = settings.dial_timeout_s
     parts = await build_role(role, node, settings, home, role_opts, client_cls=client_cls,
                              trainer_cls=trainer_cls)
     # A delegate (--public-api / FEDSWARM_PUBLIC_API) advertises that URL and lets wallet pages
@@ -101,8 +102,11 @@ async def run_node(role: Role, settings: Settings, home: Path, bootstrap: list[s
         log.info("%s node ready: peer %s, API %s", role.value, node.peer_id, api_url)
 
 
-def _node_opts(role: Role, opts: dict[str, Any]) -> dict[str, Any]:
+def _node_opts(role: Role, opts: dict[str, Any], settings: Settings | None = None) -> dict[str, Any]:
     out: dict[str, Any] = {}
+    if settings is not None:  # the network deadlines' settings; the CLI flags below win
+        out.update(heartbeat_interval=settings.heartbeat_s, peer_timeout=settings.peer_timeout_s,
+                   rpc_timeout=settings.rpc_timeout_s)
     if role == Role.TRAINER:
         from fedswarm.roles.capabilities import detect_capabilities
 

@@ -57,6 +57,7 @@ class Presence:
     _bootstrap_reset_at: float
     # When we last heard any peer, and since when without a gap (class defaults: the node's
     # constructor need not know them).
+    dial_timeout: float = 3.0  # seconds a dial may take (a blackholed address never answers)
     _heard_at: float = -1e9
     _hearing_since: float = 0.0
 
@@ -205,9 +206,13 @@ class Presence:
             await self._drop_connections(bid)
 
     async def _prune_duplicate_connections(self) -> None:
-        """Keep one connection per peer, the same one on both sides: the one the smaller peer
-        id initiated. py-libp2p keeps both after a simultaneous dial and may open streams on
-        one the other side has given up on (they then hang until their timeout)."""
+        """Keep one connection per peer, the same one on both sides: the newest of those the
+        smaller peer id initiated, or the newest of all when the larger one dialled every one
+        (a bootstrap never dials). py-libp2p keeps both after a simultaneous dial and may open
+        streams on one the other side has given up on (they then hang until their timeout).
+        The newest, because a peer dials again only once it gave up on its older connections:
+        after its link was blackholed and came back, those hang in TCP retransmission backoff
+        for tens of seconds, and every stream opened on one (gossip's included) hangs too."""
         try:
             conns_by_peer = self.host.get_network().get_connections_map()
         except Exception:
@@ -217,10 +222,9 @@ class Presence:
                 continue
             i_am_smaller = self.peer_id < pid.to_base58()
             keep = [c for c in conns if bool(getattr(c.muxed_conn, "is_initiator_value", False)) == i_am_smaller]
-            if not keep:
-                continue
+            newest = (keep or conns)[-1]  # py-libp2p appends each new connection
             for conn in conns:
-                if conn not in keep[:1]:
+                if conn is not newest:
                     self.stats["duplicate_connections_closed"] += 1
                     with trio.move_on_after(2):
                         try:
@@ -238,7 +242,7 @@ class Presence:
             pid = ID.from_base58(peer_id)
             maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
             self.host.get_network().unblock_peer(pid)
-            with trio.move_on_after(3.0):
+            with trio.move_on_after(self.dial_timeout):
                 await self.host.connect(PeerInfo(pid, maddrs))
                 self.stats["dials_ok"] += 1
         except Exception as exc:

@@ -134,7 +134,7 @@ class Rounds:
         svc.db.put_unit(rec)
         try:
             wu = await in_thread(self.work_unit, job, r, slot, unit, bid, global_ref, deadline)
-            await svc.node.request(bid["peer_id"], wu, expect=(UnitAccepted,), timeout=15)
+            await svc.node.request(bid["peer_id"], wu, expect=(UnitAccepted,), timeout=svc.node.rpc_timeout)
             rec.state = "accepted"
         except (RpcError, Rejected) as exc:
             rec.state, rec.reason = "failed", f"assignment failed: {exc}"[:300]
