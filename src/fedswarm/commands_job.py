@@ -40,7 +40,8 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     s.add_argument("--price-cap-wei", type=int, default=10**16)
     s.add_argument("--round-deadline", type=float, default=120.0, help="seconds per round")
     s.add_argument("--settle-window", type=int, default=3600, help="seconds before trainers may claim unsettled units")
-    s.add_argument("--reexec-fraction", type=float, default=0.34)
+    s.add_argument("--reexec-fraction", type=float, default=0.1,
+                   help="base share of units the client re-executes itself, besides the reference (0-1)")
     s.add_argument("--seed", type=int, default=0)
     s.add_argument("--wait", action="store_true", help="follow the job with progress bars until it ends")
     api_args(s)

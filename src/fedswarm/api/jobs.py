@@ -53,11 +53,18 @@ JOB_FORM = UploadLimits(files={"dataset": MAX_UPLOAD, "model": MAX_MODEL_UPLOAD,
 COLUMNS_FORM = UploadLimits(files={"dataset": MAX_UPLOAD}, fields={})
 
 
+LOSS_TOLERANCE_GONE = ("bad terms: loss_tolerance is no longer used (updates are judged against the client's "
+                       "own re-executed reference, with bounds measured on honest runs); remove it, or raise "
+                       "reexec_fraction for stricter checks")
+
+
 def parse_terms(raw: str | dict[str, Any] | None) -> JobTerms:
     """Job terms from a form field or a /command argument (JSON text through the bounded
     decoder) or an already decoded object. Raises :class:`ApiError` (400, one line)."""
     try:
         data = decode_json(raw, max_bytes=MAX_FORM_FIELD, what="terms") if isinstance(raw, str) else (raw or {})
+        if isinstance(data, dict) and "loss_tolerance" in data:
+            raise ApiError(LOSS_TOLERANCE_GONE)
         return JobTerms.model_validate(data)
     except DecodeError as exc:
         raise ApiError(f"bad terms: {exc}") from None

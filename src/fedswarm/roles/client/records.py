@@ -47,9 +47,12 @@ class JobTerms(BaseModel):
     # a client that vanished lets the payer release at deadline + both windows). None: three
     # times every round's deadline, plus an hour.
     deadline_s: int | None = Field(None, ge=60, le=365 * 86_400)
-    reexec_fraction: float = Field(0.34, ge=0, le=1)
-    # An honest update trained on one chunk can be a little worse on the held-out split than
-    # the aggregate (most of all near convergence); poisoned ones are orders of magnitude worse.
+    # The base probability that the client re-executes any delivered unit (besides the round's
+    # reference, new trainers' and doubtful units): more verification for more of the client's CPU.
+    reexec_fraction: float = Field(0.1, ge=0, le=1)
+    # No longer used (kept so that stored terms load): the validation-loss gate is measured
+    # against the client's re-executed reference with a bound from honest runs; new jobs that
+    # set it are refused (api.jobs.parse_terms).
     loss_tolerance: float = Field(0.5, ge=0, le=100)
     validation_fraction: float = Field(0.2, gt=0, lt=0.9)
     label: str | None = None

@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 import secrets
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +29,7 @@ from fedswarm.learning.checks import Verdict as CheckVerdict
 from fedswarm.learning.checks import reason_hash
 from fedswarm.learning.reference import aggregation_weight
 from fedswarm.learning.review import ReviewReport, UnitInput, review_round
-from fedswarm.learning.review_policy import pick_reference_unit
+from fedswarm.learning.review_policy import ReexecPolicy, pick_reference_unit
 from fedswarm.learning.weights import (
     Layout,
     flatten_state,
@@ -39,7 +40,7 @@ from fedswarm.learning.weights import (
 )
 from fedswarm.learning.worker import EvalTask, TrainingWorker, TrainTask
 from fedswarm.protocol.preprocessing import Preprocessing
-from fedswarm.roles.client.records import JobRecord, RoundRecord, UnitRecord
+from fedswarm.roles.client.records import JobRecord, JobTerms, RoundRecord, UnitRecord
 from fedswarm.roles.client.review_state import (
     CostMeter,
     chunk_key,
@@ -70,6 +71,16 @@ def unit_weight(job: JobRecord, u: UnitRecord) -> int:
     assigned x local epochs (what :func:`review_round` uses; never the trainer's figure)."""
     rows = int(job.chunks[u.slot % len(job.chunks)]["rows"])
     return aggregation_weight(rows, job.terms.local_epochs).weight
+
+
+def review_policy(terms: JobTerms) -> ReexecPolicy:
+    """The job's re-execution policy: ``reexec_fraction`` is the base probability that any unit
+    (beyond the reference, new trainers' and doubtful units) is re-executed, and the per-round
+    budget's fraction is raised to it when it is higher; the per-round cap on re-executions
+    (the client's CPU) stays."""
+    base = ReexecPolicy()
+    return replace(base, base_probability=terms.reexec_fraction,
+                   max_fraction=max(base.max_fraction, terms.reexec_fraction))
 
 
 def has_dropout(model: dict[str, Any]) -> bool:
@@ -186,7 +197,8 @@ class Review:
             try:
                 rep = review_round(gvec, inputs, round_index=r, secret=secret, evaluate=evaluate,
                                    reexecute=reexecute, history=state.history, records=state.records,
-                                   dropout=has_dropout(job.model), reject_misreported=True)
+                                   dropout=has_dropout(job.model), reject_misreported=True,
+                                   policy=review_policy(job.terms))
             finally:
                 for _, path in files.values():
                     path.unlink(missing_ok=True)
