@@ -17,6 +17,7 @@ all even after a failure and :func:`sweep_stale` removes what a crashed run left
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import re
@@ -38,6 +39,7 @@ NS_PREFIX = "fsnet-"
 LINK_PREFIX = "fsn"
 API_PORT = 8080
 P2P_PORT = 4001
+SUBNET_LOCK = "/tmp/fedswarm-netns-subnet.lock"
 API_TOKEN = "netns-testbed-token"  # the nodes' APIs bind the bridge: a token is required
 
 
@@ -152,13 +154,16 @@ class Testbed:
     def create(self) -> Testbed:
         """Make the bridge (addressed in the root namespace) on a 10.S.0.0/24 not in use."""
         remove_run(self.run)  # a previous test bed of this very process, left half-built
-        used = _ip("-o", "-4", "addr", "show", check=False).stdout
-        free = [s for s in range(200, 250) if f"inet 10.{s}." not in used]
-        if not free:
-            raise TestbedError("no free 10.S.0.0/24 subnet (S in 200-249) for the test bed")
-        self.subnet = f"10.{free[0]}.0"
-        _ip("link", "add", self.bridge, "type", "bridge")
-        _ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
+        # Test beds of parallel runs (pytest-xdist workers) pick their subnets one at a time.
+        with open(SUBNET_LOCK, "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            used = _ip("-o", "-4", "addr", "show", check=False).stdout
+            free = [s for s in range(200, 250) if f"inet 10.{s}." not in used]
+            if not free:
+                raise TestbedError("no free 10.S.0.0/24 subnet (S in 200-249) for the test bed")
+            self.subnet = f"10.{free[0]}.0"
+            _ip("link", "add", self.bridge, "type", "bridge")
+            _ip("addr", "add", f"{self.subnet}.1/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
         return self
 
