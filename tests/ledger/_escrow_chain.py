@@ -79,8 +79,12 @@ class EscrowChain:
         return int(self.w3.eth.get_block("latest")["timestamp"])
 
     def warp(self, seconds: int) -> None:
-        """Move chain time forward (the next block gets the new timestamp)."""
-        self.tester.time_travel(self.now() + seconds)
+        """Move chain time forward (the next block gets the new timestamp). From the pending
+        block's time, not the latest block's: on a loaded machine the pending block's wall-clock
+        time can already be more than ``seconds`` past the latest block, and eth-tester refuses
+        to travel backwards."""
+        pending = int(self.tester.get_block_by_number("pending")["timestamp"])
+        self.tester.time_travel(max(self.now() + seconds, pending + 1))
 
     def balance(self, address: str) -> int:
         return int(self.w3.eth.get_balance(address))
