@@ -166,3 +166,31 @@ def test_rounding_differences_pass_the_tight_cross_device_tolerance(rnd: Round) 
     uid = rnd.units[i].unit_id
     assert uid in rep.accepted, rep.units[uid].verdict.reason
     assert_honest_pass(rep, set())
+
+
+def _drifted(rnd: Round, i: int, size: float, seed: int = 5) -> np.ndarray:
+    """The honest unit plus a random change of ``size`` x its delta's norm (orthogonal-ish)."""
+    d = rnd.delta(i)
+    noise = np.random.default_rng(seed).normal(size=d.shape)
+    noise *= size * np.linalg.norm(d) / np.linalg.norm(noise)
+    return (rnd.g + d + noise).astype(np.float32)
+
+
+def test_long_unit_drift_across_devices_is_judged_on_the_reference(rnd: Round) -> None:
+    """Another device's arithmetic drifts further on long units (TF32 proxy: cosine 0.95 after
+    3-5 epochs): such a unit is not a match, but no proof of fraud either; it is judged on the
+    reference's bounds, so an honest one is paid. The same drift from a trainer on the client's
+    own device is refused, and lazy or reversed work is refused whatever the device."""
+    i = 3
+    uid = rnd.units[i].unit_id
+    drifted = _drifted(rnd, i, 0.3)  # relative difference 0.3 (> 0.1), cosine ~0.96
+    rep = rnd.run({i: _with(rnd, i, drifted, cross_device=True)}, policy=ALL, dropout=False)
+    assert uid in rep.reexecuted and uid in rep.accepted, rep.units[uid].verdict.reason
+    assert any("consistent with another device" in v.reason for v in rep.units[uid].verdicts)
+    rep = rnd.run({i: _with(rnd, i, drifted, cross_device=False)}, policy=ALL, dropout=False)
+    assert uid in rep.rejected and rep.units[uid].verdict.check == "reexec"
+    lazy = _drifted(rnd, i, 0.0) - (rnd.delta(i) * 0.999).astype(np.float32)  # ~global, tiny change
+    reverse = (rnd.g - rnd.delta(i)).astype(np.float32)
+    for bad in (lazy, reverse):
+        rep = rnd.run({i: _with(rnd, i, bad, cross_device=True)}, policy=ALL, dropout=False)
+        assert uid in rep.rejected and rep.units[uid].verdict.check == "reexec", rep.units[uid].verdict.reason

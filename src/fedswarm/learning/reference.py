@@ -95,12 +95,22 @@ class Thresholds:
     replay_distance: float = 0.05
     # re-execution, relative difference ||u - redo|| / ||redo - g|| and cosine: measured
     # 4.2e-5 max for rounding (one float32 step on every weight, then a whole unit); another
-    # device's dropout masks give up to 1.0 and cosine down to 0.51
+    # device's dropout masks give up to 1.0 and cosine down to 0.51. Across devices, without
+    # dropout (fedswarm.bench.tolerance, CPU proxies of GPU arithmetic): TF32 products give up
+    # to 0.058 / cosine 0.998 on a one-epoch unit of the 85k MLP, bfloat16 products 0.116 / 0.993;
+    # a match is accepted as re-executed work (docs/ARCHITECTURE.md, re-execution across devices)
     reexec_rtol_same_device: float = 1e-3
-    reexec_rtol_cross_device: float = 0.05
+    reexec_rtol_cross_device: float = 0.1
     reexec_min_cosine_cross_device: float = 0.99
     reexec_rtol_cross_device_dropout: float = 1.5
     reexec_min_cosine_cross_device_dropout: float = 0.3
+    # Longer units in a chaotic regime drift further apart across devices (TF32 proxy, 3-5
+    # epochs of the 85k MLP at lr 0.05: up to 0.31 / cosine 0.950; bfloat16: 0.65 / 0.779):
+    # a cross-device unit outside the match bounds but within these is *consistent* with
+    # another device's arithmetic and is judged on the reference's bounds like a unit that was
+    # not re-executed; outside them (lazy, reversed, boosted, unrelated) it is rejected
+    reexec_min_cosine_cross_device_consistent: float = 0.5
+    reexec_max_norm_ratio_cross_device_consistent: float = 2.0
 
     def __post_init__(self) -> None:
         for name, value in self.__dict__.items():
