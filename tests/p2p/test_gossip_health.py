@@ -71,6 +71,25 @@ async def test_joining_a_topic_twice_delivers_each_message_once(tmp_path: Path) 
         nursery.cancel_scope.cancel()
 
 
+async def test_a_stopped_node_leaves_its_neighbours_connections_and_mesh(tmp_path: Path) -> None:
+    # py-libp2p's host, cancelled, left its sockets open: the bootstrap kept a node that had
+    # stopped (inside a process that goes on) connected and in its gossip mesh for good.
+    async with trio.open_nursery() as nursery:
+        boot = Node(load_identity(tmp_path / "boot"), Role.BOOTSTRAP, heartbeat_interval=0.5)
+        await nursery.start(boot.serve)
+        async with trio.open_nursery() as inner:
+            peer = Node(load_identity(tmp_path / "peer"), Role.TRAINER, bootstrap=[boot.addrs[0]],
+                        heartbeat_interval=0.5)
+            await inner.start(peer.serve)
+            in_mesh = lambda: any(peer.peer_id in {p.to_base58() for p in ps}  # noqa: E731
+                                  for ps in boot.pubsub.router.mesh.values())
+            await _wait(in_mesh, 15, "the peer in the bootstrap's mesh")
+            inner.cancel_scope.cancel()  # stop the peer; this process goes on
+        await _wait(lambda: peer.peer_id not in boot.connected_peers() and not in_mesh(), 5,
+                    "the stopped peer dropped by the bootstrap")
+        nursery.cancel_scope.cancel()
+
+
 def test_adaptive_gossip_cannot_stretch_the_heartbeat(tmp_path: Path) -> None:
     # py-libp2p's adaptive gossip rescored a small network as unhealthy and set a 30 s heartbeat
     # (the message cache then kept 90 s of messages for every new subscriber).

@@ -242,7 +242,11 @@ class Node(Presence):
             self.ready.set()
             log.info("node %s (%s) listening on %s", self.peer_id, self.role.value, self.addrs)
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                with trio.CancelScope(shield=True, deadline=trio.current_time() + 2):
+                    await self._close_connections()
 
     @property
     def addrs(self) -> list[str]:
@@ -316,6 +320,21 @@ class Node(Presence):
                 with trio.move_on_after(1):
                     with contextlib.suppress(Exception):
                         await stream.close()
+
+    async def _close_connections(self) -> None:
+        """Close every connection's muxer, so that the peers see us leave at once.
+
+        py-libp2p's host, stopped by cancellation, marks its connections closed but leaves their
+        yamux sessions and sockets open (and a second ``close()`` returns early): a node stopped
+        inside a living process (tests, benches) stayed connected, and in every neighbour's
+        gossip mesh, for good."""
+        try:
+            conns = [c for cs in self.host.get_network().get_connections_map().values() for c in cs]
+        except Exception:
+            return
+        for conn in conns:
+            with contextlib.suppress(Exception):
+                await conn.muxed_conn.close()
 
     async def _drop_connections(self, peer_id: str) -> None:
         from libp2p.peer.id import ID
