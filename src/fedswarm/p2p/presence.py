@@ -55,9 +55,9 @@ class Presence:
     _hb_seq: int
     _bootstrap_heard_at: float
     _bootstrap_reset_at: float
+    dial_timeout: float = 3.0  # seconds a dial may take (a blackholed address never answers)
     # When we last heard any peer, and since when without a gap (class defaults: the node's
     # constructor need not know them).
-    dial_timeout: float = 3.0  # seconds a dial may take (a blackholed address never answers)
     _heard_at: float = -1e9
     _hearing_since: float = 0.0
 
