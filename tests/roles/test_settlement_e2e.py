@@ -16,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+from web3 import Web3
 
 from fedswarm.demo import chain
 from fedswarm.demo.run import _submit, _wait_mesh, bundled_dataset
@@ -69,8 +70,8 @@ class Swarm:
         return job_books(self.escrow(), bytes.fromhex(job["escrow"]["job_key"]))
 
 
-def _start(root: Path, trainers: int, client_fault: str | None = None) -> Swarm:
-    devnet = Devnet.start(root / "devnet", block_time=0)
+def _start(root: Path, trainers: int, client_fault: str | None = None, hedera_units: bool = False) -> Swarm:
+    devnet = Devnet.start(root / "devnet", block_time=0, hedera_units=hedera_units)
     nodes: list[NodeProcess] = []
     try:
         dn = ["--devnet-home", str(root / "devnet")]
@@ -99,8 +100,8 @@ def _start(root: Path, trainers: int, client_fault: str | None = None) -> Swarm:
 def swarm_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Swarm] = []
 
-    def make(trainers: int, client_fault: str | None = None) -> Swarm:
-        s = _start(tmp_path, trainers, client_fault)
+    def make(trainers: int, client_fault: str | None = None, hedera_units: bool = False) -> Swarm:
+        s = _start(tmp_path, trainers, client_fault, hedera_units)
         made.append(s)
         return s
 
@@ -209,6 +210,44 @@ def test_client_that_never_settles_is_paid_from_receipts(swarm_factory: Any) -> 
     # The client's settler still releases the job once due (it never completed: after the deadline).
     job = s.wait(job_id, lambda j: j["escrow"]["released"], timeout=180, what="the release")
     _assert_money(s.books(job), job["units"])
+
+
+def test_hedera_units_claims_withdrawals_and_balances_come_out_in_tinybar(swarm_factory: Any) -> None:
+    """The devnet in Hedera's units (the EVM in tinybar, the RPC in weibar, as through Hedera's
+    relay): the real client funds and releases, the trainers claim with receipts and withdraw,
+    and every figure (the chain's books, the client's record, the wallet balances the nodes'
+    APIs show) is in contract units and matches what the EVM holds. A money path that skipped
+    ValueUnits would be refused or off by 10^10."""
+    s = swarm_factory(2, client_fault="never-settle", hedera_units=True)
+    chain_block = s.devnet.state["chain"]
+    assert chain_block["value_units"] == "hedera"
+    job_id = s.submit(rounds=1, deadline_s=60)
+    job = s.wait(job_id, lambda j: j["state"] in ("done", "failed"), what="the job's end")
+    assert job["state"] == "done", job["error"]
+    receipted = _receipted(job)
+    job = s.wait(job_id, lambda j: j["escrow"]["released"], timeout=180, what="the release")
+    books = s.books(job)
+    _assert_money(books, job["units"])
+    assert books.deposited == job["deposited_wei"] and sum(t.claimed for t in books.trainers.values()) == len(receipted)
+    evm = Web3(Web3.HTTPProvider(chain_block["anvil_url"]))
+    paid = {a: t.paid for a, t in books.trainers.items() if t.paid}
+    deadline = time.monotonic() + 120
+    while {a: s.books(job).trainers[a].withdrawn for a in paid} != paid:  # the trainers withdraw their pay
+        assert time.monotonic() < deadline, s.books(job).as_dict()
+        time.sleep(1)
+    # The wallet balance the client's API shows is the EVM's, in tinybar (read twice around the
+    # EVM's answer: the client may send a transaction meanwhile).
+    deadline = time.monotonic() + 60
+    while True:
+        before = httpx.get(f"{s.client.api}/api/v1/node", timeout=30).json()
+        evm_balance = evm.eth.get_balance(Web3.to_checksum_address(before["address"]))
+        after = httpx.get(f"{s.client.api}/api/v1/node", timeout=30).json()
+        if before["balance_wei"] == after["balance_wei"] or time.monotonic() > deadline:
+            break
+    assert after["balance_wei"] == evm_balance > 0, (after, evm_balance)
+    for t in s.trainers:  # what each trainer shows as still to withdraw: nothing, in any unit
+        status = httpx.get(f"{t.api}/status", timeout=30).json()["trainer"]
+        assert status["pending_wei"] == 0 and evm.eth.get_balance(status["address"]) > 0, status
 
 
 def test_client_killed_for_good_pays_receipts_and_anyone_releases(swarm_factory: Any) -> None:
