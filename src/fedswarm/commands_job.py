@@ -63,6 +63,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     f.add_argument("job_id")
     f.add_argument("-o", "--output", type=Path, required=True, help="where to write the .safetensors file")
     f.add_argument("--key-home", type=Path, default=None, help="home holding the user's box key (default: --home)")
+    f.add_argument("--wallet-key", default=None, metavar="HEX",
+                   help="a wallet user's job: the wallet's private key (or env FEDSWARM_WALLET_KEY); signs in "
+                        "with it and derives the result key as the browser does (origin and chain from the job)")
     api_args(f)
     f.set_defaults(func=cmd_fetch)
 
@@ -83,6 +86,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
     d.add_argument("--workdir", type=Path, default=None, help="keep everything here (default: a temp dir)")
     d.add_argument("--block-time", type=float, default=2.0, metavar="SECONDS",
                    help="devnet block time like Hedera (default 2; 0: a block per transaction)")
+    d.add_argument("--wallet", action="store_true",
+                   help="the job is submitted and paid by a separate devnet-funded wallet through the HTTP API the "
+                        "browser uses; its result is sealed to and opened with the wallet-derived key")
     d.add_argument("--json", action="store_true", help="print one JSON report")
     d.set_defaults(func=cmd_demo)
 
@@ -267,12 +273,23 @@ def cmd_list(args: argparse.Namespace) -> int:
 
 def cmd_fetch(args: argparse.Namespace) -> int:
     """Download the encrypted result by a presigned URL, check its sha256, decrypt locally."""
+    import os
+
     from fedswarm import crypto
     from fedswarm.config import load_settings
     from fedswarm.identity import load_identity
     from fedswarm.learning.weights import load_weights_bytes
     from fedswarm.storage.download import download_bytes
 
+    wallet_key = args.wallet_key or os.environ.get("FEDSWARM_WALLET_KEY")
+    if wallet_key:
+        from fedswarm.demo.wallet_user import WalletUser
+
+        user = WalletUser(api_base(args), wallet_key.strip())
+        user.sign_in()
+        out = user.fetch_result(args.job_id, args.output)
+        print(f"{out['path']} sha256 {out['sha256']} (decrypted with the wallet-derived key)")
+        return 0
     link = _call("GET", f"{api_base(args)}/api/v1/jobs/{args.job_id}/result/link", args).json()
     data = download_bytes(link["url"], max_bytes=4 << 30, sha256=link["sha256"])
     key_home = args.key_home or load_settings(FEDSWARM_HOME=args.home).node_home("client")
@@ -298,7 +315,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     report = run_demo(trainers=args.trainers, rounds=args.rounds, dataset=args.dataset, label=args.label,
                       model=args.model, faults=[f for f in args.faults.split(",") if f], strategy=args.strategy,
-                      workdir=args.workdir, quiet=args.json, block_time=args.block_time)
+                      workdir=args.workdir, quiet=args.json, block_time=args.block_time, wallet=args.wallet)
     if args.json:
         print(json.dumps(report, indent=2))
     return 0 if report.get("ok") else 1

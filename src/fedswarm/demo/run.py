@@ -11,6 +11,10 @@ same home, ``never-settle`` runs a client that never settles so trainers claim. 
 trainers and the non-paying client are ``fedswarm.testing`` doubles, started through its node
 entry point (``roles.launcher``'s ``fault=``); the nodes themselves know nothing of faults. The
 report's ``trainers[].fault`` names each trainer's injected behaviour (null: honest).
+
+``wallet=True`` (``--wallet``): the job is submitted and paid by a separate, faucet-funded
+wallet through the HTTP API the browser uses, and its result is opened with the
+wallet-derived key (:mod:`.wallet_demo`, which adds its own checks to the report).
 """
 
 from __future__ import annotations
@@ -66,7 +70,7 @@ def bundled_dataset(name: str, dest: Path) -> tuple[Path, str, str]:
 def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer", label: str | None = None,
              model: str | None = None, faults: list[str] | None = None, strategy: str = "fedavg",
              workdir: Path | None = None, quiet: bool = False, standby: int | None = None,
-             block_time: float = DEFAULT_BLOCK_TIME_S) -> dict[str, Any]:
+             block_time: float = DEFAULT_BLOCK_TIME_S, wallet: bool = False) -> dict[str, Any]:
     """Run the whole demo and return its report (``ok`` false if the job failed or its escrow
     does not balance to the wei once released).
 
@@ -136,7 +140,14 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
                  # More trainers split the data into smaller chunks: more local epochs keep each
                  # round's optimiser steps near the three-trainer demo's (2 epochs up to 5 trainers).
                  "local_epochs": 2 * max(1, trainers // 3), "batch_size": 32, "lr": 0.005}
-        job_id = _submit(client, data_path, model or example, terms)
+        wallet_run = None
+        if wallet:
+            from fedswarm.demo.wallet_demo import WalletRun
+
+            wallet_run = WalletRun(client.api, devnet, client.info["address"])
+            job_id = wallet_run.submit_and_pay(data_path, terms, model or example, console)
+        else:
+            job_id = _submit(client, data_path, model or example, terms)
         console.print(f"submitted [bold]{job_id}[/] ({data_path.name}, {rounds} rounds, {trainers} trainers)")
         restarted = _follow_with_faults(client, job_id, faults, trainer_nodes, report, console, root, boot, dn + hb)
         if restarted is not client:  # the client was restarted: stop the new process at the end
@@ -144,11 +155,16 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             client = restarted
         job = httpx.get(f"{client.api}/api/v1/jobs/{job_id}", timeout=30).json()
         books = _settle_chain(job, devnet, client, trainer_nodes, faults, report, console)
-        report.update(_job_report(job, devnet, trainer_nodes, client, root, books))
+        wallet_block = wallet_run.report(job, root) if wallet_run else None
+        report.update(_job_report(job, devnet, trainer_nodes, client, root, books,
+                                  wallet_block["result"] if wallet_block else None))
+        if wallet_block:
+            report.update({k: v for k, v in wallet_block.items() if k not in ("result", "ok", "checks")})
+            report["wallet_checks"] = wallet_block["checks"]
         report["review"] = _review_report(job, devnet)
         _observe_faults(job, faults, trainer_nodes, report)
         report["ok"] = (job["state"] == "done" and report["result"]["decrypted"] and report["audit"]["verified"]
-                        and report["escrow"]["balanced"])
+                        and report["escrow"]["balanced"] and (wallet_block is None or wallet_block["ok"]))
         report["wall_seconds"] = round(time.time() - t_start, 1)
         _print_report(console, report)
         return report
@@ -298,7 +314,7 @@ def _settle_chain(job: dict[str, Any], devnet: Any, client: NodeProcess, trainer
 
 
 def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], client: NodeProcess,
-                root: Path, books: JobBooks | None) -> dict[str, Any]:
+                root: Path, books: JobBooks | None, result: dict[str, Any] | None = None) -> dict[str, Any]:
     """The JSON report, with money read from escrow v2 and audit facts from the topic log."""
     delivered: dict[str, int] = {}  # units the client received, by trainer peer (no chain tx in v2)
     for u in job.get("units", []):
@@ -320,8 +336,9 @@ def _job_report(job: dict[str, Any], devnet: Any, trainers: list[NodeProcess], c
             continue
         per[t.info["address"].lower()].update(chunks_downloaded=stats.get("chunks_downloaded", 0),
                                               chunks_cached=stats.get("chunks_cached", 0))
-    # The result: decrypt with the user's key (the client's), and check another key fails.
-    result = _check_result(job, client, root)
+    # The result: decrypt with the user's key (the client's, unless a wallet's run opened it),
+    # and check another key fails.
+    result = result or _check_result(job, client, root)
     audit = _check_audit(job, devnet)
     return {
         "job_id": job["job_id"], "state": job["state"], "error": job.get("error"),
