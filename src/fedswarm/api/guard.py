@@ -329,7 +329,12 @@ class ApiGuard:
             raise Refusal(421, "bad-host", f"Host {raw[:60]!r} is not this node; use http://127.0.0.1:{bound}")
 
     def authenticate(self, conn: HTTPConnection) -> Principal | None:
-        for cred in self.credentials:
+        creds = self.credentials
+        if has_wallet_header(conn):
+            # An explicit wallet header names who acts, even when this node's UI cookie rides
+            # along (a same-origin XMLHttpRequest upload always carries the page's cookies).
+            creds = sorted(creds, key=lambda c: getattr(c, "name", "") != "wallet")
+        for cred in creds:
             principal = cred.authenticate(conn)
             if principal is not None:
                 return principal

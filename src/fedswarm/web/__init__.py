@@ -32,7 +32,7 @@ MAX_AUDIT_MESSAGES = 5000  # a job writes tens of messages; this bounds a hostil
 # public API, picked on the Network page) and the object store's signed URL a wallet user's
 # sealed result is downloaded from; both over https, or plain http on this machine's loopback.
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-       "connect-src 'self' https: http://127.0.0.1:* http://localhost:* http://[::1]:*; "
+       "connect-src 'self' https: http://127.0.0.1:* http://localhost:*; "
        "object-src 'none'; base-uri 'none'; frame-ancestors 'none'; form-action 'self'")
 
 

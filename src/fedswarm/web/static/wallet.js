@@ -109,3 +109,8 @@ export async function waitReceipt(hash, timeoutMs = 180000) {
   }
   throw new Error(`transaction ${hash} not mined after ${Math.round(timeoutMs / 1000)} s`);
 }
+
+// A read-only contract call (eth_call) through the wallet's RPC; the raw 0x result.
+export async function call(to, data) {
+  return rpc("eth_call", [{ to, data }, "latest"]);
+}

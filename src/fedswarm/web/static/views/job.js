@@ -6,7 +6,7 @@ import { alertBox, fill, h, num, when } from "../dom.js";
 import { roundsChart } from "../chart.js";
 import { amount, announce, txLink } from "../state.js";
 import { TRAINER_HEADERS, loadAudit, refundInfo, stepper, timingText, trainerRows } from "./jobparts.js";
-import { payPanel, resultPanel } from "./payresult.js";
+import { PAID_KEY, payPanel, resultPanel, withdrawPanel } from "./payresult.js";
 
 const TERMINAL = ["done", "failed", "cancelled"];
 
@@ -39,13 +39,14 @@ export function jobPage({ page, onLeave, arg: jobId }) {
   const cloneLink = h("a", { class: "button", href: `#/new/${encodeURIComponent(jobId)}`, "data-testid": "clone" }, "New job with these terms");
   const steps = h("div");
   const payBox = h("div");
+  const withdrawBox = h("div");
   const chart = roundsChart();
   const trainersBody = h("tbody");
   const resultBox = h("section", { "aria-labelledby": "result-h" });
   const auditBox = h("section", { "aria-labelledby": "audit-h" });
   const timelineSummary = h("summary");
   const timelineList = h("ul", { class: "events" });
-  page(`Job ${jobId}`, err, info.dl, jobErr, h("div", { class: "actions" }, cancelBtn, cloneLink), steps, payBox,
+  page(`Job ${jobId}`, err, info.dl, jobErr, h("div", { class: "actions" }, cancelBtn, cloneLink), withdrawBox, steps, payBox,
     h("h2", { id: "chart-h" }, "Validation per round"), h("section", { "aria-labelledby": "chart-h" }, chart.el),
     h("h2", { id: "result-h" }, "Result"), resultBox,
     h("h2", {}, "Trainers"),
@@ -59,6 +60,10 @@ export function jobPage({ page, onLeave, arg: jobId }) {
   const drawPay = phased(payBox, (j) => (j.state === "awaiting-payment" ? `pay:${j.funding ? j.funding.job_key || "f" : "-"}` : "none"),
     (j) => (j.state === "awaiting-payment" ? payPanel(j) : null));
   const drawResult = phased(resultBox, (j) => `${j.state}:${j.result ? j.result.sha256 : ""}`, resultPanel);
+  // A wallet job's refund: checked again when the node records a refund or a release.
+  const drawWithdraw = phased(withdrawBox, (j) => (TERMINAL.includes(j.state) && j.owner && j.owner !== "node"
+    ? `w:${j.refund ? `${j.refund.wei}:${j.refund.released_at}` : ""}` : "none"),
+  (j) => (TERMINAL.includes(j.state) && j.owner && j.owner !== "node" ? withdrawPanel(j) : null));
   let lastState = null;
   let last = null;
   let auditTimer = null;
@@ -75,8 +80,10 @@ export function jobPage({ page, onLeave, arg: jobId }) {
     info.set("accuracy", num(job.final_metrics && job.final_metrics.accuracy));
     const esc = job.escrow || {};
     info.set("payer", esc.payer ? h("code", { class: "wrap" }, esc.payer) : job.owner && job.owner !== "node" ? job.owner : "this node");
+    // The node's own funding transaction, or the one this browser's wallet sent.
     const fund = ((esc.transactions || {}).fund || [])[0];
-    info.set("fund_tx", fund && (fund.hash || fund.tx) ? txLink(fund.hash || fund.tx, "fund-tx") : "—");
+    const fundTx = (fund && fund.tx_hash) || sessionStorage.getItem(PAID_KEY + job.job_id);
+    info.set("fund_tx", fundTx ? txLink(fundTx, "fund-tx") : "—");
     info.set("audit", job.audit_topic || "—");
     fill(jobErr, job.error ? alertBox(job.error, "job-error") : null);
     cancelBtn.hidden = TERMINAL.includes(job.state);
@@ -86,6 +93,7 @@ export function jobPage({ page, onLeave, arg: jobId }) {
     trainersBody.replaceChildren(...trainerRows(job));
     if (!trainersBody.children.length) trainersBody.append(h("tr", {}, h("td", { colspan: TRAINER_HEADERS.length, class: "muted" }, "none yet")));
     drawResult(job);
+    drawWithdraw(job);
     const evs = job.events || [];
     timelineSummary.textContent = `Node timeline (${evs.length} events)`;
     timelineList.replaceChildren(...evs.slice(-30).reverse().map((e) => h("li", {}, h("time", {}, when(e.ts)), " ", e.msg || JSON.stringify(e))));

@@ -2,7 +2,7 @@
 // statistics, the refund line and the audit table.
 import { api } from "../api.js";
 import { fill, h, num, short, table, when } from "../dom.js";
-import { amount, amountText } from "../state.js";
+import { amount, amountText, txLink } from "../state.js";
 
 const STEPS = ["prepared", "bidding", "paid", "rounds", "settling", "done"];
 const STEP_OF = { submitted: 0, prepared: 1, bidding: 1, selected: 2, "awaiting-payment": 2, escrowed: 3, running: 3, finishing: 4, done: 6 };
@@ -67,20 +67,20 @@ export function trainerRows(job) {
 
 export const TRAINER_HEADERS = ["trainer", "role", "assigned", "delivered", "accepted", "rejected", "samples", "train loss", "price/unit", "paid"];
 
-// What comes back to the payer, and when: `refund` (wallet jobs) or the escrow's record.
+// What comes back to the payer and when: the node's `refund` block (amount refunded so far,
+// when the reservations were released or may be, the last refunding transaction).
 export function refundInfo(job) {
-  const r = job.refund;
   const esc = job.escrow || {};
-  const amountWei = r ? r.wei : esc.refunded_wei;
-  const releasedAt = r ? r.released_at : esc.released ? esc.refund_available_at : null;
-  if (!r && !esc.job_key) return "—";
+  const r = job.refund || { wei: esc.refunded_wei, released_at: null, available_at: esc.refund_available_at, tx: null };
+  if (!job.refund && !esc.job_key) return "—";
   const parts = [];
-  if (Number(amountWei || 0) > 0) parts.push(h("span", {}, amount(amountWei, "refund-amount"), " refunded"));
-  if (releasedAt) parts.push(h("span", {}, `${parts.length ? "; " : ""}released `, h("time", { "data-testid": "refund-at" }, when(releasedAt))));
-  else if (esc.refund_available_at) {
-    parts.push(h("span", {}, `${parts.length ? "; " : ""}the rest not paid to trainers returns from `,
-      h("time", { "data-testid": "refund-at" }, when(esc.refund_available_at))));
+  if (Number(r.wei || 0) > 0) parts.push(h("span", {}, amount(r.wei, "refund-amount"), " refunded"));
+  const sep = () => (parts.length ? "; " : "");
+  if (r.released_at) parts.push(h("span", {}, `${sep()}reservations released `, h("time", { "data-testid": "refund-at" }, when(r.released_at))));
+  else if (r.available_at) {
+    parts.push(h("span", {}, `${sep()}what trainers were not paid returns from `, h("time", { "data-testid": "refund-at" }, when(r.available_at))));
   } else if (!parts.length) parts.push("unpaid escrow returns after the job closes (settle + claim windows)");
+  if (r.tx) parts.push(h("span", {}, " · ", txLink(r.tx, "refund-tx")));
   return h("span", { "data-testid": "refund" }, parts);
 }
 

@@ -11,7 +11,10 @@ import { resultKey } from "./wallet.js";
 const SMALL_UPLOAD = 16 << 20;  // a non-CSV file this small may be sent once more to read its columns
 const STRATEGIES = ["fedavg", "fedprox", "fedavgm", "fedadam", "fedyogi", "clipped_fedavg", "median", "trimmed_mean", "krum", "multikrum"];
 const INTS = [["rounds", "Rounds", 3, 1, 1000], ["local_epochs", "Local epochs", 1, 1, 100], ["trainers", "Trainers", 3, 1, 256],
-  ["standby", "Standby trainers", 1, 0, 256], ["batch_size", "Batch size", 32, 1, 65536]];
+  ["standby", "Standby trainers", 1, 0, 256], ["batch_size", "Batch size", 32, 1, 65536],
+  ["settle_window_s", "Settle window (s)", 3600, 10, 2592000], ["claim_window_s", "Claim window (s)", 86400, 10, 2592000]];
+const HINTS = { settle_window_s: "How long after the job closes units may still be settled.",
+  claim_window_s: "Then how long trainers may claim receipts; what is not paid returns to you after both." };
 const FLOATS = [["lr", "Learning rate", 0.01, 0.00001, 10, "any"], ["bid_window_s", "Bid window (s)", 3, 0.5, 600, 0.5],
   ["round_deadline_s", "Round deadline (s)", 120, 5, 86400, 1]];
 const MiB = (n) => `${(n / (1 << 20)).toFixed(1)} MiB`;
@@ -37,7 +40,7 @@ function readTerms(el) {
     const v = el[id];
     if (v.value.trim() === "" || !Number.isInteger(Number(v.value)) || !v.checkValidity()) {
       v.setAttribute("aria-invalid", "true");
-      throw new Error(`${name.toLowerCase()}: give a whole number between ${v.min} and ${v.max}`);
+      throw new Error(`${name.toLowerCase().replace(/ \(s\)$/, "")}: give a whole number between ${v.min} and ${v.max}`);
     }
     v.removeAttribute("aria-invalid");
     t[id] = Number(v.value);
@@ -90,7 +93,7 @@ export async function newJobPage({ page, arg }) {
         h("small", { id: "price_cap_wei-hint", class: "muted" }, "The most a trainer may ask per work unit: ", capShown)),
       field("Aggregation strategy", el.strategy)),
     h("details", { class: "advanced" }, h("summary", {}, "Advanced terms"),
-      h("div", { class: "grid" }, ...INTS.slice(3).map(([id, name]) => field(name, el[id])),
+      h("div", { class: "grid" }, ...INTS.slice(3).map(([id, name]) => field(name, el[id], HINTS[id])),
         ...FLOATS.map(([id, name]) => field(name, el[id])))),
     h("div", { class: "actions" }, quoteBtn, confirmBtn, progress, progressText),
     formErr, quoteBox);

@@ -2,12 +2,12 @@
 // downloading the result (a wallet job: fetched from the store, checked and decrypted here).
 import { api, auth, getBase } from "../api.js";
 import { alertBox, fill, h, short, table, when } from "../dom.js";
-import { amount, announce, txLink } from "../state.js";
+import { amount, amountText, announce, state, txLink } from "../state.js";
 import { openEnvelope, sha256Hex } from "../resultkey.js";
 import * as wallet from "../wallet.js";
 import { ensureChain, resultKey } from "./wallet.js";
 
-const PAID_KEY = "fedswarm.paid:";
+export const PAID_KEY = "fedswarm.paid:";
 const jobPath = (jobId) => `/api/v1/jobs/${encodeURIComponent(jobId)}`;
 
 function busy(btn, text, fn) {
@@ -139,4 +139,39 @@ export function resultPanel(job) {
       : "Decrypted by this node with its key. Ciphertext sha256 (as audited): ",
     h("code", { "data-testid": "result-sha256", class: "wrap" }, r.sha256)),
     wrapped ? trust : null);
+}
+
+// The escrow pays refunds the way it pays trainers: credited to the payer inside the contract,
+// withdrawn by the payer (withdraw() sends everything credited, for every job).
+const PENDING = "0x5eebea20";  // pending(address)
+const WITHDRAW = "0x3ccfd60b";  // withdraw()
+
+export function withdrawPanel(job) {
+  const box = h("div", { class: "withdraw", "data-testid": "withdraw" });
+  const contract = (job.funding && job.funding.to) || state.chain.contract;
+  const w = wallet.connected();
+  if (!contract || !w || !job.owner || w.address.toLowerCase() !== job.owner.toLowerCase()) return box;
+  const line = h("p", { "data-testid": "withdraw-status" }, "checking the escrow for money credited to your wallet…");
+  const err = h("div");
+  const btn = h("button", { type: "button", id: "withdraw-btn", hidden: true }, "Withdraw to wallet");
+  const check = async () => {
+    const raw = await wallet.call(contract, PENDING + w.address.slice(2).toLowerCase().padStart(64, "0"));
+    const credited = BigInt(raw || "0x0");
+    btn.hidden = credited === 0n;
+    line.textContent = credited === 0n ? "Nothing credited to your wallet in the escrow."
+      : `${amountText(credited.toString())} credited to your wallet in the escrow (refunds of your jobs): withdraw it.`;
+  };
+  btn.addEventListener("click", busy(btn, "Confirm in your wallet…", async () => {
+    err.replaceChildren();
+    try {
+      await ensureChain();
+      const hash = await wallet.sendTransaction({ to: contract, data: WITHDRAW, value: "0" });
+      fill(line, "Withdrawal sent: ", txLink(hash, "withdraw-tx"));
+      await wallet.waitReceipt(hash);
+      await check();
+      announce("Refund withdrawn to your wallet");
+    } catch (exc) { fill(err, alertBox(exc.message, "withdraw-error")); }
+  }));
+  check().catch((exc) => fill(err, alertBox(exc.message, "withdraw-error")));
+  return fill(box, line, btn, err);
 }

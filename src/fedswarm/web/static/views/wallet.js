@@ -133,4 +133,5 @@ export async function mountWallet(el, changed) {
     }
   } catch { /* not authorised yet: the Connect button does it */ }
   await render();
+  if (wallet.connected()) onSession();  // the page may show more with the wallet (a refund to withdraw)
 }
