@@ -31,7 +31,9 @@ pytestmark = [
     ),
 ]
 
-PRICE = 10_000  # tinybar: 0.0001 HBAR per unit
+# tinybar: 1 HBAR per unit, so that the pay a trainer withdraws outweighs the withdrawal's gas
+# (a few cents) and the balance check below can tell tinybar from weibar.
+PRICE = TINYBAR_PER_HBAR
 
 
 def test_deploy_fund_claim_withdraw_on_testnet() -> None:
@@ -55,10 +57,14 @@ def test_deploy_fund_claim_withdraw_on_testnet() -> None:
     now = payer.chain_time()
     terms = JobTerms(payer.address, now + 3600, 10, 10, PRICE, 1)
     key = payer.fund(int(time.time()), terms, [TrainerTerms(trainer.address, PRICE, 1)], amount=2 * PRICE).job_key
+    assert payer.job(key).escrow == 2 * PRICE  # the value reached the EVM as tinybar
     receipt, sig = payer.issue_receipt(key, 0, 0, trainer.address, keccak(text="update"), issued_at=payer.chain_time())
     time.sleep(20)  # past the 10 s settle window, in consensus time
     trainer.claim(receipt, sig)
     assert trainer.pending() == PRICE
     before = trainer.balance()
-    trainer.withdraw()
-    assert trainer.balance() > before
+    withdrawal = trainer.withdraw()
+    gain = trainer.balance() - before
+    # The pay less the withdrawal's fee (both tinybar); a missed conversion is off by 10^10.
+    assert 0 < gain <= PRICE and abs(gain - (PRICE - withdrawal.fee)) < PRICE // 20, (gain, withdrawal)
+    assert int(trainer.w3.eth.get_balance(trainer.address)) == trainer.balance() * 10**10  # weibar on the RPC
