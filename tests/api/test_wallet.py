@@ -293,6 +293,12 @@ async def test_session_routes_and_ownership(tmp_path: Path, scope_patch: None) -
         # the cookie works the same as the header (same-origin pages)
         r = await http.get("/api/v1/wallet/me", headers={"Cookie": f"fedswarm_wallet_{PORT}={alice}"})
         assert r.json()["address"] == ALICE.address
+        # a page of this node holding both its UI session and a wallet cookie acts as the wallet
+        both = f"fedswarm_session_{PORT}={guard.session_secret}; fedswarm_wallet_{PORT}={alice}"
+        r = await http.get("/api/v1/jobs", headers={"Cookie": both})
+        assert [j["job_id"] for j in r.json()["jobs"]] == ["job-a"]
+        r = await http.get("/api/v1/jobs", headers={"Cookie": f"fedswarm_session_{PORT}={guard.session_secret}"})
+        assert len(r.json()["jobs"]) == 2
         # sign out: the token is dead
         assert (await http.delete("/api/v1/wallet/session", headers=a)).status_code == 200
         assert (await http.get("/api/v1/jobs", headers=a)).status_code == 401

@@ -245,8 +245,11 @@ class ApiGuard:
     # -- configuration
 
     def add_credential(self, credential: Credential) -> None:
-        """Plug in another way of signing in (the wallet session)."""
-        self.credentials.append(credential)
+        """Plug in another way of signing in (the wallet session). It is asked before the UI's
+        session cookie: a page of this node that signed in with a wallet acts as that wallet."""
+        at = next((i for i, c in enumerate(self.credentials) if isinstance(c, SessionCredential)),
+                  len(self.credentials))
+        self.credentials.insert(at, credential)
 
     def cap_body(self, method: str, path: str, max_bytes: int) -> None:
         """Allow bodies up to ``max_bytes`` on ``method path`` (default: :data:`JSON_BODY_MAX`)."""
