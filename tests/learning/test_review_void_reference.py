@@ -54,3 +54,42 @@ def test_own_share_is_judged_when_the_reference_learned(secret: bytes) -> None:
     assert sorted(rep.rejected) == ["lazy"]
     lazy = rep.units["lazy"].verdict.reason
     assert "norm ratio" in lazy or "re-execution" in lazy
+
+
+def test_an_overshooting_reference_is_no_yardstick_for_own_shares() -> None:
+    """The 85k benchmark cell (lr 0.05, momentum 0.9): the reference lowered its own chunk's loss
+    by 15 % but raised the held-out loss 2.6x, and honest units made their own chunks worse. The
+    own-chunk share is not judged then (it refused every honest unit of such a round); norm and
+    direction still refuse the lazy one, and the own share is judged again in a healthy round."""
+    def evaluate(own: dict[str, float], val_moved: float):
+        def ev(params: np.ndarray, key: str) -> float:
+            moved = not np.allclose(params, G)
+            if key == VALIDATION:
+                return val_moved if moved else 1.0
+            if not moved:
+                return 1.0
+            return own["ref"] if np.allclose(params, HONEST["c0"]) else own["other"]
+        return ev
+
+    units = [UnitInput("u0", "t0", "c0", HONEST["c0"], 100, 1, 100),
+             UnitInput("u1", "t1", "c1", HONEST["c1"], 100, 1, 100),
+             UnitInput("lazy", "t2", "c2", G.copy(), 100, 1, 100)]
+    chunk_of = {u.unit_id: u.chunk for u in units}
+
+    def review(val_moved: float) -> object:
+        secret = next(s for s in (bytes([i]) * 32 for i in range(64))
+                      if review_round(G, units[:2], round_index=0, secret=s, evaluate=lambda p, k: 1.0,
+                                      reexecute=lambda uid: HONEST[chunk_of[uid]].copy(),
+                                      history=UpdateHistory(seed=1), records=TrainerRecords(),
+                                      policy=ReexecPolicy(max_per_round=1)).reference == "u0")
+        return review_round(G, units, round_index=0, secret=secret, evaluate=evaluate({"ref": 0.85, "other": 1.1},
+                                                                                      val_moved),
+                            reexecute=lambda uid: HONEST[chunk_of[uid]].copy(), history=UpdateHistory(seed=1),
+                            records=TrainerRecords(), policy=ReexecPolicy(max_per_round=1))
+
+    rep = review(val_moved=2.6)  # the reference (u0) overshot: held-out loss 2.6x
+    assert rep.reference == "u0" and rep.reference_own_drop == pytest.approx(0.15)
+    assert sorted(rep.rejected) == ["lazy"], {u: r.verdict.reason for u, r in rep.units.items()}
+    rep = review(val_moved=0.9)  # a healthy round: u1's own share (-0.1 / 0.15) is refused
+    assert sorted(rep.rejected) == ["lazy", "u1"]
+    assert "own-chunk loss share" in rep.units["u1"].verdict.reason

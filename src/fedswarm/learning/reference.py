@@ -86,6 +86,12 @@ class Thresholds:
     # rate: the 85k benchmark cell at lr 0.05) is no yardstick for "a fair share" (honest units
     # there measured own shares down to -1e4 against the 1e-4 floor)
     min_reference_own_drop: float = 0.01
+    # ... and only when the reference did not raise the held-out loss by more than this share:
+    # in the same overshooting regime a reference can lower its own chunk's loss (by 1-15 %)
+    # while raising the validation loss 2.6x, and honest units then made their own chunks worse
+    # (own shares -0.8 to -9.9, every one refused in a bench run); their own-minus-validation
+    # gaps stayed +0.23 to +1.17, i.e. still specific to their own data
+    max_reference_val_rise: float = 0.5
     # honest cosine between two trainers' deltas on different chunks <= 0.945
     copy_cosine: float = 0.98
     # copies: the owner's advantage (share removed on its chunk minus on the other's chunk);

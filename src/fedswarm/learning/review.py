@@ -114,8 +114,9 @@ class ReviewReport:
 def _bounds(st: UnitStats, t: Thresholds, own_void: bool = False) -> tuple[list[str], bool]:
     """Failures (reasons) and whether any statistic lies in a doubt band (either side).
 
-    ``own_void``: the reference itself did not lower its own chunk's loss this round (a high
-    learning rate overshooting, say), so "a fair share of what the reference achieves" means
+    ``own_void``: the reference itself did not lower its own chunk's loss this round, or it
+    raised the held-out loss by more than ``max_reference_val_rise`` (a high learning rate
+    overshooting, say), so "a fair share of what the reference achieves" means
     nothing: the own-chunk statistics are not judged, and the unit counts as doubtful (it is
     re-executed within the budget); norm, direction and validation loss still are."""
     # (name, value, reject bound, doubt bound, lower bound?)
@@ -214,7 +215,11 @@ def review_round(
             "ref_chunk_global": ev(g, ref_chunk), "ref_chunk_ref": ev(ref_params, ref_chunk)}
     ref_scale = float(np.linalg.norm(sketch(d_ref, history.seed)))
     report.reference_own_drop = relative_drop(base["ref_chunk_global"], base["ref_chunk_ref"])
-    own_void = report.reference_own_drop < t.min_reference_own_drop
+    # The reference is a yardstick for "a fair share" only in a round where it learned: it
+    # lowered its own chunk's loss, and did not blow up the held-out loss (overshooting).
+    ref_val_drop = relative_drop(base["global_val"], base["ref_val"])
+    own_void = (report.reference_own_drop < t.min_reference_own_drop
+                or ref_val_drop < -t.max_reference_val_rise)
 
     deltas = {uid: delta(by_id[uid].params, g) for uid in valid}
     # Each update's hash and sketch once: replays, copies and the history all use them.
