@@ -7,11 +7,16 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 TOOLS   := .tools
 TSTAMP  := $(TOOLS)/.installed
+JSPEER  := $(TOOLS)/js-peer
+JSTAMP  := $(JSPEER)/.installed
 PYTEST_ARGS ?=
+# pytest-xdist workers: most end-to-end tests wait on real processes, so 2 cores run 3 at once
+# (tests/conftest.py keeps a module's shared fixtures on one worker). TEST_JOBS=0 runs serially.
+TEST_JOBS ?= 3
 
 .PHONY: setup system-deps tools demo test test-fast lint contracts bench clean
 
-setup: system-deps $(STAMP) $(TSTAMP)
+setup: system-deps $(STAMP) $(TSTAMP) $(JSTAMP)
 
 # libgmp headers: libp2p compiles fastecdsa from source. A JDK: the HCS running-hash vectors.
 # npm: anvil and solc. Chromium: the browser tests of the web UI (Debian's, never a download).
@@ -43,13 +48,21 @@ $(TSTAMP): tools/package.json tools/package-lock.json
 	cd $(TOOLS) && npm ci --no-audit --no-fund --loglevel=error
 	touch $(TSTAMP)
 
-tools: $(TSTAMP)
+# a js-libp2p peer for the interop tests, pinned in tools/js-peer (the tests run tools/js-peer/peer.mjs
+# against these node_modules, and skip when they are missing)
+$(JSTAMP): tools/js-peer/package.json tools/js-peer/package-lock.json
+	mkdir -p $(JSPEER)
+	cp tools/js-peer/package.json tools/js-peer/package-lock.json $(JSPEER)/
+	cd $(JSPEER) && npm ci --no-audit --no-fund --loglevel=error
+	touch $(JSTAMP)
+
+tools: $(TSTAMP) $(JSTAMP)
 
 demo: setup
 	$(BIN)/fedswarm demo
 
 test: setup
-	$(BIN)/pytest $(PYTEST_ARGS)
+	$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)
