@@ -118,11 +118,16 @@ def test_format_amount_and_network_names(browser: Any) -> None:
               u.formatAmount('1000000000000000000000000', eth), u.formatAmount('1', eth), u.formatAmount('100000000', hbar),
               u.formatAmount('2500000000000000000', {decimals: 18, currency: 'HBAR'}), u.formatAmount(null, eth),
               u.networkName(296), u.networkName(295), u.networkName(297), u.networkName(31337, {id: 31337, name: 'devnet'}),
-              u.networkName(5), u.explorerUrl({explorer_tx: 'https://hashscan.io/testnet/transaction/{tx}'}, '0x' + 'a'.repeat(64))];
+              u.networkName(5), u.explorerUrl({explorer_tx: 'https://hashscan.io/testnet/transaction/{tx}'}, '0x' + 'a'.repeat(64)),
+              u.parseAmount('0.01', 18), u.parseAmount('1.5', 8), u.parseAmount('12', 8),
+              (() => { try { u.parseAmount('0.000000001', 8); return 'parsed'; } catch (e) { return e.message; } })(),
+              u.formatAmount('777', {decimals: 18, digits: 18, plain: true})];
     }""")
     assert got == ["0.012 ETH", "1.23456789 HBAR", "0 ETH", "1,000,000 ETH", "< 0.000001 ETH", "1 HBAR", "2.5 HBAR", "—",
                    "Hedera testnet", "Hedera mainnet", "Hedera previewnet", "devnet (chain 31337)", "chain 5",
-                   "https://hashscan.io/testnet/transaction/0x" + "a" * 64]
+                   "https://hashscan.io/testnet/transaction/0x" + "a" * 64,
+                   "10000000000000000", "150000000", "1200000000", '"0.000000001" has more than 8 decimals',
+                   "0.000000000000000777"]
     page.context.close()
 
 
@@ -323,7 +328,7 @@ def test_csv_peek_upload_once_with_wallet_key_and_clone(browser: Any) -> None:
     page.goto("/#/new/job-1")
     expect(page.get_by_test_id("clone-note")).to_contain_text("Terms copied from job-1")
     expect(page.get_by_label("Rounds")).to_have_value("3")
-    expect(page.get_by_label("Price cap per unit (smallest unit)")).to_have_value("777")
+    expect(page.get_by_label("Price cap per unit (ETH)")).to_have_value("0.000000000000000777")
     expect(page.get_by_label("Aggregation strategy")).to_have_value("median")
     # A malformed CSV: the error shows at once, nothing is sent.
     page.get_by_label("Dataset (CSV, Parquet or NPZ)").set_input_files(

@@ -337,6 +337,10 @@ class ApiGuard:
             # An explicit wallet header names who acts, even when this node's UI cookie rides
             # along (a same-origin XMLHttpRequest upload always carries the page's cookies).
             creds = sorted(creds, key=lambda c: getattr(c, "name", "") != "wallet")
+        elif not is_wallet_path(conn.url.path):
+            # A wallet's cookie speaks for the wallet routes only: elsewhere (the UI page itself
+            # on a reload, the mesh views) the browser is a plain visitor of this node.
+            creds = [c for c in creds if getattr(c, "name", "") != "wallet"]
         for cred in creds:
             principal = cred.authenticate(conn)
             if principal is not None:

@@ -2,7 +2,7 @@
 // wallet box in the header. Each page lives in views/; this module routes between them.
 import { api, openSession } from "./api.js";
 import { fill, h } from "./dom.js";
-import { loadNode, state } from "./state.js";
+import { announce, loadNode, state } from "./state.js";
 import { networkPage } from "./views/network.js";
 import { newJobPage } from "./views/newjob.js";
 import { jobPage } from "./views/job.js";
@@ -53,7 +53,8 @@ async function restart() {
 }
 
 async function start() {
-  window.addEventListener("hashchange", route);
+  // A status line belongs to the page it was said on.
+  window.addEventListener("hashchange", () => { announce(""); route(); });
   await restart();
   await mountWallet(document.getElementById("wallet-box"), route);
 }

@@ -20,10 +20,11 @@ export function networkName(chainId, nodeChain) {
 export const isHedera = (chainId) => Boolean(HEDERA[Number(chainId)]);
 
 // formatAmount("12000000000018000", {decimals: 18, currency: "ETH"}) -> "0.012 ETH".
+// `plain`: no grouping and no currency (an input's value; with digits = decimals, exact).
 // Exact integer arithmetic (BigInt: amounts pass 2^53); at most `digits` fraction digits (all 8
 // for HBAR, 6 for ETH),
 // trailing zeros dropped; a non-zero amount below the last digit reads "< 0.000001 ETH".
-export function formatAmount(value, { decimals = 18, currency = "ETH", digits } = {}) {
+export function formatAmount(value, { decimals = 18, currency = "ETH", digits, plain = false } = {}) {
   if (digits === undefined) digits = decimals <= 8 ? decimals : 6;  // tinybar: every digit
   if (value === null || value === undefined || value === "") return "—";
   let n;
@@ -38,8 +39,19 @@ export function formatAmount(value, { decimals = 18, currency = "ETH", digits } 
   const whole = rounded / 10n ** BigInt(shown);
   let frac = (rounded % 10n ** BigInt(shown)).toString().padStart(shown, "0").replace(/0+$/, "");
   if (unit === 1n) frac = "";
+  if (plain) return `${neg ? "-" : ""}${whole}${frac ? "." + frac : ""}`;
   const grouped = whole.toString().replace(/\B(?=(\d{3})+(?!\d))/g, ",");
   return `${neg ? "-" : ""}${grouped}${frac ? "." + frac : ""} ${currency}`;
+}
+
+// The inverse, for inputs: "0.01" coins -> "10000000000000000" smallest units (exact).
+export function parseAmount(text, decimals = 18) {
+  const t = String(text).trim().replace(/,/g, "");
+  const m = /^([0-9]*)(?:\.([0-9]*))?$/.exec(t);
+  if (!t || !m || (m[1] === "" && !m[2])) throw new Error(`"${text}" is not an amount: write it like 0.01`);
+  const frac = (m[2] || "").replace(/0+$/, "");
+  if (frac.length > decimals) throw new Error(`"${text}" has more than ${decimals} decimals`);
+  return (BigInt(m[1] || "0") * 10n ** BigInt(decimals) + BigInt((frac || "0").padEnd(decimals, "0").slice(0, decimals) || "0")).toString();
 }
 
 // The formatter options for contract amounts (API *_wei fields) and for wallet values.

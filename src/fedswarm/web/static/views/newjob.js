@@ -5,7 +5,8 @@
 import { api, getWalletSession, upload } from "../api.js";
 import { alertBox, field, fill, h, short, table } from "../dom.js";
 import { peekColumns, peekable } from "../csv.js";
-import { amount, amountText, announce } from "../state.js";
+import { amount, amountText, announce, state } from "../state.js";
+import { formatAmount, parseAmount } from "../units.js";
 import { resultKey } from "./wallet.js";
 
 const SMALL_UPLOAD = 16 << 20;  // a non-CSV file this small may be sent once more to read its columns
@@ -23,8 +24,9 @@ function inputs() {
   const el = {};
   for (const [id, , value, min, max] of INTS) el[id] = h("input", { type: "number", id, name: id, value, min, max, step: 1, required: true, inputmode: "numeric" });
   for (const [id, , value, min, max, step] of FLOATS) el[id] = h("input", { type: "number", id, name: id, value, min, max, step, required: true, inputmode: "decimal" });
-  el.price_cap_wei = h("input", { type: "text", id: "price_cap_wei", name: "price_cap_wei", value: "10000000000000000",
-    inputmode: "numeric", pattern: "[0-9]+", required: true, "aria-describedby": "price_cap_wei-hint" });
+  // In coins (ETH / HBAR), converted exactly to the chain's smallest unit; default 0.01.
+  el.price_cap_wei = h("input", { type: "text", id: "price_cap_wei", name: "price_cap_wei", value: "0.01",
+    inputmode: "decimal", required: true, "aria-describedby": "price_cap_wei-hint" });
   el.strategy = h("select", { id: "strategy", name: "strategy" }, STRATEGIES.map((n) => h("option", { value: n }, n)));
   el.label = h("input", { type: "text", id: "label", name: "label", list: "label-columns", autocomplete: "off", placeholder: "pick a dataset first" });
   return el;
@@ -33,9 +35,14 @@ function inputs() {
 // The terms object from the form; throws one line naming the field at fault.
 function readTerms(el) {
   const t = { strategy: el.strategy.value, label: el.label.value.trim() || null };
-  const cap = el.price_cap_wei.value.trim();
-  if (!/^[0-9]+$/.test(cap)) throw new Error("price cap: give a whole number of the chain's smallest unit, e.g. 10000000000000000");
-  t.price_cap_wei = cap;  // a string: pydantic reads it as an exact integer (JS numbers lose digits past 2^53)
+  try {
+    // a string: pydantic reads it as an exact integer (JS numbers lose digits past 2^53)
+    t.price_cap_wei = parseAmount(el.price_cap_wei.value, state.chain.amount_decimals ?? 18);
+    el.price_cap_wei.removeAttribute("aria-invalid");
+  } catch (exc) {
+    el.price_cap_wei.setAttribute("aria-invalid", "true");
+    throw new Error(`price cap: ${exc.message}`);
+  }
   for (const [id, name] of INTS) {
     const v = el[id];
     if (v.value.trim() === "" || !Number.isInteger(Number(v.value)) || !v.checkValidity()) {
@@ -89,7 +96,7 @@ export async function newJobPage({ page, arg }) {
       field("Initial weights of an exported graph (.safetensors)", weights, "Needed with a graph model file; a spec needs none.")),
     h("fieldset", { class: "grid" }, h("legend", {}, "3 · Terms"),
       ...INTS.slice(0, 3).map(([id, name]) => field(name, el[id])),
-      h("div", { class: "field" }, h("label", { for: "price_cap_wei" }, "Price cap per unit (smallest unit)"), el.price_cap_wei,
+      h("div", { class: "field" }, h("label", { for: "price_cap_wei" }, `Price cap per unit (${state.chain.currency || "ETH"})`), el.price_cap_wei,
         h("small", { id: "price_cap_wei-hint", class: "muted" }, "The most a trainer may ask per work unit: ", capShown)),
       field("Aggregation strategy", el.strategy)),
     h("details", { class: "advanced" }, h("summary", {}, "Advanced terms"),
@@ -103,7 +110,9 @@ export async function newJobPage({ page, arg }) {
   page(arg ? `New job (a copy of ${arg})` : "New job", h("p", { class: "muted" }, intro), form);
 
   const showError = (msg) => fill(formErr, alertBox(msg, "form-error"));
-  const showCap = () => { capShown.textContent = /^[0-9]+$/.test(el.price_cap_wei.value.trim()) ? amountText(el.price_cap_wei.value.trim()) : "—"; };
+  const showCap = () => {
+    try { capShown.textContent = `${parseAmount(el.price_cap_wei.value, state.chain.amount_decimals ?? 18)} in the chain's smallest unit`; } catch { capShown.textContent = "—"; }
+  };
   const invalidate = () => { confirmBtn.disabled = true; quoteBox.replaceChildren(); };
   for (const x of [...Object.values(el), example, model, weights]) x.addEventListener("change", invalidate);
   el.price_cap_wei.addEventListener("input", showCap);
@@ -221,6 +230,8 @@ async function prefill(jobId, el, example, showError, showCap) {
     for (const [k, input] of Object.entries(el)) {
       if (t[k] !== undefined && t[k] !== null) input.value = String(t[k]);
     }
+    const dec = state.chain.amount_decimals ?? 18;
+    if (t.price_cap_wei !== undefined) el.price_cap_wei.value = formatAmount(t.price_cap_wei, { decimals: dec, digits: dec, plain: true });
     if (t.example && [...example.options].some((o) => o.value === t.example)) example.value = t.example;
     showCap();
     fill(document.getElementById("columns-msg"), h("p", { class: "muted small", "data-testid": "clone-note" },
