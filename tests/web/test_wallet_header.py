@@ -38,14 +38,15 @@ def test_wallet_header_wins_over_the_ui_cookie() -> None:
 def test_wallet_cookie_does_not_lock_the_page_out() -> None:
     """After a same-origin sign-in the browser holds the wallet's cookie: a reload of the UI page
     and the mesh views must still open (the cookie speaks for the wallet routes only)."""
-    guard = ApiGuard(credentials=[FakeWalletCredential()])
+    guard = ApiGuard()
+    guard.add_credential(FakeWalletCredential())  # as the node does: asked before the UI cookie
     ui = f"{SessionCredential.cookie_name(8080)}={guard.session_secret}"
     both = f"{ui}; fedswarm_wallet_8080=t0k"
     assert guard.admit(conn({"Cookie": "fedswarm_wallet_8080=t0k", "Host": "127.0.0.1:8080"}, "/", "GET")).kind == "local"
     got = guard.admit(conn({"Cookie": both, "Host": "127.0.0.1:8080"}, "/api/v1/trainers", "GET"))
     assert got.kind == "ui-session"
     on_jobs = guard.admit(conn({"Cookie": both, "Host": "127.0.0.1:8080"}, "/api/v1/jobs", "GET"))
-    assert on_jobs.kind == "ui-session"  # no header: the page's own UI cookie comes first, as before
+    assert on_jobs.kind == "wallet"  # on the wallet routes the wallet's cookie speaks
     # an explicit wallet header on a route a wallet may not use is still refused
     with pytest.raises(Refusal, match="wallet session cannot use"):
         guard.admit(conn({"Cookie": both, "Host": "127.0.0.1:8080", "Authorization": "Wallet t0k"}, "/api/v1/peers", "GET"))

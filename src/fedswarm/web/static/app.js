@@ -33,7 +33,7 @@ function route() {
     if (a.dataset.page === name || (name === "job" && a.dataset.page === "history")) a.setAttribute("aria-current", "page");
     else a.removeAttribute("aria-current");
   }
-  const ctx = { page, every, onLeave, arg: arg ? decodeURIComponent(arg) : null, rerender: async () => { await restart(); await renderWallet(); } };
+  const ctx = { page, every, onLeave, arg: arg ? decodeURIComponent(arg) : null, rerender: refresh };
   if (CLIENT_ONLY.includes(name) && state.ui.role !== "client") {
     page("Not available", h("p", {}, `This is a ${state.ui.role} node: pick a client node as your delegate on the Network page.`));
   } else if (name === "job" && !arg) page("No job", h("p", {}, "Pick a job from the History page."));
@@ -52,11 +52,18 @@ async function restart() {
   route();
 }
 
+// After a sign-in, sign-out or delegate change: what the API's node says may differ (a
+// delegate describes its chain to signed-in callers only).
+async function refresh() {
+  await restart();
+  await renderWallet();
+}
+
 async function start() {
   // A status line belongs to the page it was said on.
   window.addEventListener("hashchange", () => { announce(""); route(); });
   await restart();
-  await mountWallet(document.getElementById("wallet-box"), route);
+  await mountWallet(document.getElementById("wallet-box"), refresh);
 }
 
 start();

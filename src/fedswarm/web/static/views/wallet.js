@@ -36,10 +36,21 @@ export async function resultKey() {
   return key;
 }
 
+async function challenge() {
+  const w = wallet.connected();
+  return api("/api/v1/wallet/challenge", { method: "POST", json: { address: w.address, chain_id: w.chainId } });
+}
+
 async function signIn() {
   await ensureChain();
-  const w = wallet.connected();
-  const ch = await api("/api/v1/wallet/challenge", { method: "POST", json: { address: w.address, chain_id: w.chainId } });
+  let ch;
+  try { ch = await challenge(); } catch (exc) {
+    // A delegate tells its chain to signed-in callers only: learn it from the refusal.
+    const m = exc.status === 400 && /chain (\d+)/.exec(exc.message);
+    if (!m) throw exc;
+    await wallet.switchChain({ ...state.chain, id: Number(m[1]) });
+    ch = await challenge();
+  }
   const signature = await wallet.personalSign(ch.message);
   const s = await api("/api/v1/wallet/session", { method: "POST", json: { message: ch.message, signature } });
   setWalletSession({ token: s.token, address: s.address, expires_at: s.expires_at });
