@@ -456,6 +456,12 @@ def _print_report(console: Any, report: dict[str, Any]) -> None:
                       f"{ch['block_time']:g} s, settle window {ch['settle_window_s']} s, claim window {ch['claim_window_s']} s")
     console.print(f"audit topic {aud['topic']}: {aud['messages']} messages, chain {'verified' if aud['verified'] else 'NOT verified'}")
     console.print(f"result: {res['path']} sha256 {res['sha256']} (decrypted: {res['decrypted']}, other key refused: {res['other_key_refused']})")
+    if report.get("payer"):
+        console.print(f"wallet: payer {report['payer']} got back {report['payer_refund_wei']}; the node "
+                      f"(operator {report['operator']}) spent {report['operator_spent_wei']} on gas; "
+                      f"checks: {', '.join(k for k, v in report['wallet_checks'].items() if v)}"
+                      + (f"; FAILED: {', '.join(k for k, v in report['wallet_checks'].items() if not v)}"
+                         if not all(report['wallet_checks'].values()) else ""))
     for line in report["faults"]["observed"]:
         console.print(f"fault: {line}")
     final = report["final"]["val_accuracy"]
