@@ -369,3 +369,19 @@ async def test_cors_for_delegates_and_allowlist(tmp_path: Path, scope_patch: Non
     async with client(app) as http:
         r = await http.options("/api/v1/peers", headers=pre)
         assert r.status_code == 204 and r.headers["access-control-allow-origin"] == evil
+
+
+def test_chain_block_units_and_explorer(tmp_path: Path) -> None:
+    from fedswarm.api.wallet_jobs import chain_info
+
+    role = FakeRole(tmp_path)
+    dev = chain_info(role)  # type: ignore[arg-type]
+    assert dev == {"id": CHAIN, "name": "devnet", "currency": "ETH", "amount_decimals": 18, "value_decimals": 18,
+                   "explorer_tx": None, "contract": role.escrow.contract_address, "operator": role.identity.address}
+    role.escrow = SimpleNamespace(get_chain_id=lambda: 296, contract_address="0x" + "cc" * 20,
+                                  units=ValueUnits.hedera())
+    role.settings = SimpleNamespace(is_devnet=False, network="testnet", api_token=None)
+    hedera = chain_info(role)  # type: ignore[arg-type]
+    assert hedera["name"] == "hedera-testnet" and hedera["currency"] == "HBAR"
+    assert hedera["amount_decimals"] == 8 and hedera["value_decimals"] == 18
+    assert hedera["explorer_tx"] == "https://hashscan.io/testnet/transaction/{tx}"
