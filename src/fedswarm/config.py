@@ -145,6 +145,20 @@ def load_settings(**overrides: Any) -> Settings:
     return Settings(**clean)
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    """Replace ``path`` with ``text`` in one step. The temporary file's name is unique to the
+    writing process and thread: two threads saving the same file at once (a trainer's bidding
+    and its network view refreshing one book) must not rename each other's half-written file."""
+    import threading
+
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def write_node_info(home: Path, info: dict[str, Any]) -> None:
     """Write ``HOME/node.json`` (peer id, addrs, API URL, pid) atomically once a node is up."""
     path = Path(home) / NODE_INFO_FILE

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -29,6 +28,7 @@ from hexbytes import HexBytes
 from web3 import Web3
 from web3.exceptions import ContractLogicError, TimeExhausted, TransactionNotFound, Web3RPCError
 
+from fedswarm.config import write_text_atomic
 from fedswarm.ledger.contract import (
     ContractArtifact,
     JobInfo,
@@ -107,9 +107,7 @@ class EventCursor:
     def save(self, next_block: int) -> None:
         """Record that every block before ``next_block`` has been read."""
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(self.path.suffix + ".tmp")
-        tmp.write_text(json.dumps({"next_block": next_block}))
-        os.replace(tmp, self.path)
+        write_text_atomic(self.path, json.dumps({"next_block": next_block}))
 
 
 class NonceManager:

@@ -13,6 +13,7 @@ Blocking (chain reads): :meth:`ClientBook.refresh` belongs in a thread; the rest
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 
@@ -38,13 +39,16 @@ class ClientBook:
         self.book = SettlementBook.load(self.book_path)
         self.clients: dict[str, ClientRecord] = client_records(self.book.all())
         self.refreshed_at: float | None = None  # monotonic time of the last successful read
+        # Bidding and the network view both refresh: one read at a time, on one book.
+        self._refreshing = threading.Lock()
 
     def refresh(self) -> int:
         """Read the events since the cursor (blocking: call in a thread); returns how many."""
-        read = sync_book(self.book, self.book_path, self.cursor_path, self.escrow)
-        self.clients = client_records(self.book.all())
-        self.refreshed_at = time.monotonic()
-        return read
+        with self._refreshing:
+            read = sync_book(self.book, self.book_path, self.cursor_path, self.escrow)
+            self.clients = client_records(self.book.all())
+            self.refreshed_at = time.monotonic()
+            return read
 
     def stale(self, max_age_s: float) -> bool:
         """Whether the last successful read is older than ``max_age_s`` (or never happened)."""

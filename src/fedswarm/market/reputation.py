@@ -35,13 +35,14 @@ jobs it has seen, so events can be read page by page from a saved cursor.
 from __future__ import annotations
 
 import json
-import os
 from collections import defaultdict
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
+
+from fedswarm.config import write_text_atomic
 
 SETTLED_EVENT = "UnitSettled"  # v1 args: jobId, ...; v2: jobKey, round, unit, trainer, accepted, amount
 CLAIMED_EVENT = "UnitClaimed"
@@ -296,9 +297,7 @@ class SettlementBook:
 
     def save(self, path: Path) -> None:
         """Write atomically (save it *before* the event cursor, so a crash re-reads, never skips)."""
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(self.to_dict()))
-        os.replace(tmp, path)
+        write_text_atomic(path, json.dumps(self.to_dict()))
 
     @classmethod
     def load(cls, path: Path) -> SettlementBook:
