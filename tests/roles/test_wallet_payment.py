@@ -132,6 +132,13 @@ async def test_funding_with_other_terms_fails_and_keeps_the_key_for_the_cancel()
     escrow.view = _view(total, units_registered=units)
     with pytest.raises(JobFailed, match=f"trainer {T1}"):
         await pay.wait(job, lambda _: False)
+    # already cancelled by the payer: failed, nothing left for the node to cancel
+    pay, escrow, job = make()
+    await pay.request(job)
+    escrow.view = _view(total, units_registered=units, status=JobStatusV2.CANCELLED)
+    with pytest.raises(JobFailed, match="is not open"):
+        await pay.wait(job, lambda _: False)
+    assert job.job_key is None
     # someone else as operator: the node cannot cancel it (the payer can)
     pay, escrow, job = make()
     await pay.request(job)

@@ -132,11 +132,15 @@ class Payment:
         # From here the job key is the job's: a cancel or a failure closes it on chain.
         job.nonce, job.payer, job.operator = int(funding["nonce"]), view.payer, view.operator
         job.contract, job.escrow_tx = esc.contract_address, job.funding_tx_hint
-        if problem is None or view.operator.lower() == svc.identity.address.lower():
+        # (Not when the job is no longer open: the payer closed it already, nothing to cancel.)
+        if view.status == JobStatusV2.OPEN and (problem is None or view.operator.lower() == svc.identity.address.lower()):
             job.job_key = key.hex()
         if problem is not None:
             job.deposited_wei = view.escrow
             svc.db.put_job(job)
+            if view.status != JobStatusV2.OPEN:
+                raise JobFailed(f"the job's escrow {problem} (it is {view.status.name.lower()} on chain); "
+                                "nothing left for this node to cancel")
             raise JobFailed(f"the escrow was funded with other terms than the quote ({problem}); "
                             + ("cancelled so the payer's money returns" if job.job_key else
                                "this node is not its operator: the payer can cancel it"))
