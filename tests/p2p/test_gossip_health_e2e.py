@@ -19,7 +19,6 @@ import httpx
 import pytest
 import trio
 
-from conftest import HEARTBEAT, wait_for
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node
 from fedswarm.protocol.messages import MeshSummary, Role
@@ -33,6 +32,7 @@ LATE_S = 42.0  # bootstrap age at the last probe: past py-libp2p's first rescori
 # its summary every 0.5 s. Generous for a loaded 2-core machine; the stalled heartbeat replayed
 # 20-90 s (40-180 summaries) at this point.
 MAX_REPLAYED, MAX_AGE_S = 12, 8.0
+HEARTBEAT = ["--heartbeat", "0.5", "--peer-timeout", "3"]  # as the other p2p tests' nodes
 
 
 @dataclass
@@ -113,7 +113,7 @@ async def test_heartbeat_ticks_and_replay_stays_bounded_after_churn(tmp_path: Pa
         uptime = float(gossip(boot)["uptime_s"])  # type: ignore[arg-type]
         await trio.sleep(max(0.0, LATE_S - uptime))
         first = gossip(boot)
-        await trio.sleep(3.0)
+        await trio.sleep(4.0)
         second = gossip(boot)
         late = await probe_replay(boot.addr, tmp_path / "late")
         print(f"\nreplay fresh: {early}; after churn at {first['uptime_s']} s: {late}; gossip: {second}")
@@ -121,7 +121,7 @@ async def test_heartbeat_ticks_and_replay_stays_bounded_after_churn(tmp_path: Pa
         # Assert: the heartbeat ticks at its configured 1 s, nothing had to be forced...
         assert second["interval_s"] == 1 and second["forced_shifts"] == 0, second
         assert int(second["heartbeats"]) - int(first["heartbeats"]) >= 2, (first, second)  # type: ignore[call-overload]
-        assert float(second["since_heartbeat_s"]) < 3.0, second  # type: ignore[arg-type]
+        assert float(second["since_heartbeat_s"]) < 4.0, second  # type: ignore[arg-type]
         # ...a fresh subscriber is replayed the window only, as when the bootstrap was new...
         assert late.older <= MAX_REPLAYED and late.max_age_s <= MAX_AGE_S, (early, late)
         assert dict(second["replay_window"])["fedswarm/directory/1"] <= MAX_REPLAYED  # type: ignore[call-overload]
@@ -132,6 +132,8 @@ async def test_heartbeat_ticks_and_replay_stays_bounded_after_churn(tmp_path: Pa
             peers = set(boot.command("peers")["peers"])
             mesh = {p for ps in boot.command("mesh")["mesh"].values() for p in ps}
             return not (gone & (peers | mesh))
-        await trio.to_thread.run_sync(lambda: wait_for(departed_dropped, 15, what="departed peers dropped"))
+        with trio.fail_after(15):
+            while not await trio.to_thread.run_sync(departed_dropped):
+                await trio.sleep(0.2)
     finally:
         boot.stop()
