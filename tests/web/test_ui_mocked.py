@@ -367,5 +367,8 @@ def test_clients_delegates_and_missing_route(browser: Any) -> None:
     bare = base_node()
     page = open_page(browser, bare)
     expect(page.get_by_test_id("clients-missing")).to_be_visible()
+    # No wallet in this browser: the page says so.
+    page.get_by_role("button", name="Connect wallet").click()
+    expect(page.get_by_test_id("wallet-error-msg")).to_contain_text("no browser wallet found")
     assert not page.errors, page.errors
     page.context.close()

@@ -67,8 +67,7 @@ const act = (label, id, fn) => h("button", { type: "button", id, onclick: async 
   const btn = ev.currentTarget;
   btn.disabled = true;
   try { await fn(); } catch (exc) { showError(exc.message); btn.disabled = false; return; }
-  await render();
-  onSession();
+  await onSession();  // the page and this box are redrawn for the new session before it shows
 } }, label);
 
 function showError(msg) {
@@ -84,16 +83,15 @@ async function connectTo(entry) {
 async function chooseWallet() {
   const list = await wallet.discover();
   if (!list.length) throw new Error("no browser wallet found: install one (MetaMask, HashPack in EVM mode, …) and reload");
-  if (list.length === 1) return connectTo(list[0]);
+  if (list.length === 1) { await connectTo(list[0]); return true; }
   // Several wallets announced themselves: let the user pick one.
   const pick = h("div", { class: "actions", role: "group", "aria-label": "Choose a wallet", "data-testid": "wallet-choices" },
     list.map((e) => h("button", { type: "button", onclick: async () => {
-      try { await connectTo(e); } catch (exc) { showError(exc.message); }
-      await render();
-      onSession();
+      try { await connectTo(e); } catch (exc) { showError(exc.message); return; }
+      await onSession();
     } }, e.info.name)));
   fill(box.querySelector(".wallet-main"), pick);
-  throw Object.assign(new Error(""), { silent: true });
+  return false;
 }
 
 // Draw the box from the current wallet and session.
@@ -103,9 +101,11 @@ export async function render() {
   const w = wallet.connected();
   const session = getWalletSession();
   if (!w) {
-    main.append(act("Connect wallet", "connect-wallet", async () => {
-      try { await chooseWallet(); } catch (exc) { if (!exc.silent) throw exc; }
-    }));
+    main.append(h("button", { type: "button", id: "connect-wallet", onclick: async () => {
+      try {
+        if (await chooseWallet()) await onSession();
+      } catch (exc) { showError(exc.message); }
+    } }, "Connect wallet"));
   } else {
     const bal = h("span", { "data-testid": "wallet-balance" }, "…");
     main.append(h("span", { class: "wallet-account", "data-testid": "wallet-account", title: w.address }, short(w.address, 8)), " ",
@@ -126,7 +126,8 @@ export async function render() {
   fill(box, main, h("div", { id: "wallet-error" }));
 }
 
-// Mount the box; `changed` runs after a sign-in, sign-out or wallet change (views redraw).
+// Mount the box; `changed` runs after a sign-in, sign-out or wallet change: it redraws the
+// page and this box (render).
 export async function mountWallet(el, changed) {
   box = el;
   onSession = changed;
@@ -143,6 +144,6 @@ export async function mountWallet(el, changed) {
       if (accts && accts.length) { await wallet.connect(e); break; }
     }
   } catch { /* not authorised yet: the Connect button does it */ }
-  await render();
-  if (wallet.connected()) onSession();  // the page may show more with the wallet (a refund to withdraw)
+  if (wallet.connected()) await onSession();  // the page may show more with the wallet (a refund to withdraw)
+  else await render();
 }
