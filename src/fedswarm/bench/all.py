@@ -212,7 +212,7 @@ def _run_cells(work: Path, result: dict[str, Any], runs: dict[str, dict[str, lis
                 _save(work, result, runs)
         # One cell with the default re-execution fraction, to show what checking costs.
         if not quick:
-            result["reexec_default_cell"] = _attempt(lambda: run_cell(net, data, "mlp85k", "train", rounds, reexec=0.34))
+            result["reexec_default_cell"] = _attempt(lambda: run_cell(net, data, "mlp85k", "train", rounds, reexec=0.1))
     finally:
         net.stop()
     train_utils = [c.get("utilisation") for k, v in runs.items() if "train" in k for c in v["fedswarm"]

@@ -98,7 +98,7 @@ def markdown(result: dict[str, Any]) -> str:
                          f"{f((e['bytes_per_round'] or 0) / 2**20, 1) if e['bytes_per_round'] else '–'} | {ratio} |")
     rx = result.get("reexec_default_cell", {})
     if "error" not in rx and rx:
-        lines += ["", f"Re-execution at the default fraction 0.34 (mlp85k train): steady round wall "
+        lines += ["", f"Re-execution at the default fraction 0.1 (mlp85k train): steady round wall "
                   f"{f(rx['round_wall_s']['median'])} s, overhead {f(rx['overhead_s']['median'])} s."]
     lim = result.get("limits", {})
     tr = lim.get("training", {}).get("throughput_ratio", {})
