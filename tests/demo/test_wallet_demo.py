@@ -41,6 +41,8 @@ def test_demo_wallet_pays_and_alone_reads_the_result(tmp_path: Path) -> None:
     assert 0 < report["operator_spent_wei"] == report["operator_fees_wei"] < report["escrow"]["deposited_wei"] // 2
     assert report["payer_refund_wei"] == report["escrow"]["refunded_wei"] > 0
     assert report["stranger_status"] == 403
+    # the client ran as a delegate: its --public-api URL reached the bootstrap's mesh summary
+    assert report["delegate_api"] and report["delegate_api"].startswith("http://127.0.0.1:")
     result = report["result"]
     assert result["decrypted_by"] == "wallet" and result["plaintext_copies"] == []
     assert result["node_plaintext_status"] == 409

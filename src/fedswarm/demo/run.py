@@ -109,8 +109,11 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
             # never-settle: the testing layer's client that never pays (its trainers claim).
             client_fault = {"fault": "never-settle"} if "never-settle" in faults else {}
+            # --wallet: the client is a delegate advertising its public API (here its own address)
+            delegate = _delegate_args() if wallet else []
             specs: list[tuple[str, Path, dict[str, Any]]] = [
-                ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb], **client_fault})]
+                ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb, *delegate],
+                                             **client_fault})]
             share = {"FEDSWARM_FAULT_SHARE_DIR": str(root / "fault-share")}
             for i in range(trainers + standby):  # the standbys are the dearest
                 extra = [*dn, *hb, "--no-gpu"]
@@ -145,6 +148,7 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             from fedswarm.demo.wallet_demo import WalletRun
 
             wallet_run = WalletRun(client.api, devnet, client.info["address"])
+            wallet_run.check_delegate(boot.api, client.peer_id, delegate[-1])
             job_id = wallet_run.submit_and_pay(data_path, terms, model or example, console)
         else:
             job_id = _submit(client, data_path, model or example, terms)
@@ -180,6 +184,16 @@ def run_demo(trainers: int = 3, rounds: int = 5, dataset: str = "breast_cancer",
             devnet.stop()
         if workdir is None:
             shutil.rmtree(root, ignore_errors=True)
+
+
+def _delegate_args() -> list[str]:
+    """``--api``/``--public-api`` for a delegate client: a free port, advertised as its URL."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ["--api", f"127.0.0.1:{port}", "--public-api", f"http://127.0.0.1:{port}"]
 
 
 def trainer_doubles(faults: list[str], trainers: int) -> list[str]:

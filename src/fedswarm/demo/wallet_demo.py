@@ -47,6 +47,18 @@ class WalletRun:
         self.payer_before = self.escrow.balance(self.user.address)
         self.fund_tx: str | None = None
         self.job_id = ""
+        self.delegate_seen: str | None = None
+
+    def check_delegate(self, bootstrap_api: str, client_peer: str, url: str, timeout: float = 30.0) -> None:
+        """The client's ``--public-api`` URL as the bootstrap's mesh summary shows it (it went
+        heartbeat -> bootstrap directory -> summary)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            peers = httpx.get(f"{bootstrap_api}/api/v1/mesh", timeout=10).json().get("peers", [])
+            self.delegate_seen = next((p.get("api") for p in peers if p.get("peer_id") == client_peer), None)
+            if self.delegate_seen == url:
+                return
+            time.sleep(0.3)
 
     def submit_and_pay(self, dataset: Path, terms: dict[str, Any], model: str | None, console: Any) -> str:
         """Sign in, submit with the wallet's result key, pay the funding call; the job id."""
@@ -80,7 +92,7 @@ class WalletRun:
             "payer": self.user.address, "operator": self.operator,
             "operator_spent_wei": operator_spent, "operator_fees_wei": operator_fees,
             "payer_refund_wei": refund, "payer_spent_wei": payer_spent, "payer_fees_wei": payer_fees,
-            "fund_tx": self.fund_tx, "stranger_status": stranger.status_code,
+            "fund_tx": self.fund_tx, "stranger_status": stranger.status_code, "delegate_api": self.delegate_seen,
         }
         deposited = int(job.get("deposited_wei") or 0)
         checks = {
@@ -90,6 +102,7 @@ class WalletRun:
             "payer_refunded": refund > 0 and payer_spent == deposited - refund + payer_fees
             and payer_value == deposited and withdraw_fee > 0,
             "stranger_refused": stranger.status_code == 403 and stranger_list == [],
+            "delegate_advertised": self.delegate_seen == self.user.base,
         }
         result = self._result(job, root)
         checks["result_decrypted"] = result["decrypted"]
