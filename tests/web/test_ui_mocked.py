@@ -372,3 +372,23 @@ def test_clients_delegates_and_missing_route(browser: Any) -> None:
     expect(page.get_by_test_id("wallet-error-msg")).to_contain_text("no browser wallet found")
     assert not page.errors, page.errors
     page.context.close()
+
+
+def test_someone_elses_job(browser: Any) -> None:
+    """A 403 on the job leaves only the error on the page (no controls for a job one cannot see);
+    hidden controls stay hidden whatever the stylesheet says about buttons."""
+    from playwright.sync_api import expect
+
+    node = base_node()
+    node.routes["GET /api/v1/jobs/job-9"] = lambda _r: (403, {"error": "job job-9 belongs to another account"}, {})
+    node.routes["GET /api/v1/jobs/job-9/events"] = lambda _r: (403, {"error": "job job-9 belongs to another account"}, {})
+    page = open_page(browser, node, url="/#/job/job-9")
+    expect(page.get_by_test_id("job-load-error")).to_have_text("job job-9 belongs to another account")
+    expect(page.get_by_role("button", name="Cancel job")).to_have_count(0)
+    done = job(state="done", current_round=3, owner="node")
+    node.routes["GET /api/v1/jobs/job-1"] = done
+    node.routes["GET /api/v1/jobs/job-1/events"] = events_route([done])
+    page.goto("/#/job/job-1")
+    expect(page.get_by_test_id("job-state")).to_have_text("done")
+    expect(page.get_by_role("button", name="Cancel job")).to_be_hidden()
+    page.context.close()

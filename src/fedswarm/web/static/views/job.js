@@ -31,6 +31,7 @@ function phased(box, keyOf, build) {
 
 export function jobPage({ page, onLeave, arg: jobId }) {
   const err = h("div");
+  const liveErr = h("div");
   const jobErr = h("div");
   const info = facts([["state", "State"], ["dataset", "Dataset"], ["rounds", "Rounds done"], ["eta", "Time"],
     ["deposited", "Escrow deposited"], ["paid", "Paid to trainers"], ["refund", "Refund"], ["accuracy", "Final accuracy"],
@@ -46,7 +47,7 @@ export function jobPage({ page, onLeave, arg: jobId }) {
   const auditBox = h("section", { "aria-labelledby": "audit-h" });
   const timelineSummary = h("summary");
   const timelineList = h("ul", { class: "events" });
-  page(`Job ${jobId}`, err, info.dl, jobErr, h("div", { class: "actions" }, cancelBtn, cloneLink), withdrawBox, steps, payBox,
+  page(`Job ${jobId}`, err, liveErr, info.dl, jobErr, h("div", { class: "actions" }, cancelBtn, cloneLink), withdrawBox, steps, payBox,
     h("h2", { id: "chart-h" }, "Validation per round"), h("section", { "aria-labelledby": "chart-h" }, chart.el),
     h("h2", { id: "result-h" }, "Result"), resultBox,
     h("h2", {}, "Trainers"),
@@ -105,17 +106,24 @@ export function jobPage({ page, onLeave, arg: jobId }) {
     }
   };
 
+  let stop = () => {};
   (async () => {
-    try { render(await api(`/api/v1/jobs/${encodeURIComponent(jobId)}`)); err.replaceChildren(); } catch (exc) { fill(err, alertBox(exc.message, "job-load-error")); }
+    try { render(await api(`/api/v1/jobs/${encodeURIComponent(jobId)}`)); err.replaceChildren(); } catch (exc) {
+      if (exc.status === 403 || exc.status === 404) {
+        // Not this caller's job, or no such job: nothing else on the page applies.
+        stop();
+        page(`Job ${jobId}`, alertBox(exc.message, "job-load-error"));
+      } else fill(err, alertBox(exc.message, "job-load-error"));
+    }
   })();
-  const stop = streamEvents(`/api/v1/jobs/${encodeURIComponent(jobId)}/events`, (name, data) => {
+  stop = streamEvents(`/api/v1/jobs/${encodeURIComponent(jobId)}/events`, (name, data) => {
     if (name === "job") {
       try { render(JSON.parse(data)); } catch (exc) { console.warn("bad job event", exc); }
     } else if (name === "end") {
       if (last && last.audit_topic) setTimeout(() => loadAudit(jobId, last.audit_topic, auditBox), 1500);
       if (auditTimer) setTimeout(() => clearInterval(auditTimer), 8000);
     }
-  }, (exc) => fill(err, alertBox(`live updates: ${exc.message}`, "events-error")));
+  }, (exc) => fill(liveErr, alertBox(`live updates: ${exc.message}`, "events-error")));
   onLeave(stop);
 }
 
