@@ -7,8 +7,8 @@ import signal
 import time
 
 import pytest
-from conftest import HEARTBEAT, Swarm, bootmesh_roles, trainer_online, wait_for
 
+from conftest import HEARTBEAT, Swarm, bootmesh_roles, trainer_online, wait_for
 from fedswarm.roles.launcher import start_node
 
 pytestmark = pytest.mark.slow

@@ -11,8 +11,8 @@ import struct
 import httpx
 import pytest
 import trio
-from conftest import Swarm, bootmesh_roles
 
+from conftest import Swarm, bootmesh_roles
 from fedswarm.identity import load_identity
 from fedswarm.p2p.node import Node, RpcError
 from fedswarm.protocol.messages import BlobDigest, Chat, EchoBlob, Ping, Pong, Role

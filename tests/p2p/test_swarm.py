@@ -6,6 +6,7 @@ import time
 
 import httpx
 import pytest
+
 from conftest import Swarm, bootmesh_roles, wait_for
 
 pytestmark = pytest.mark.slow
