@@ -93,3 +93,32 @@ def test_an_overshooting_reference_is_no_yardstick_for_own_shares() -> None:
     rep = review(val_moved=0.9)  # a healthy round: u1's own share (-0.1 / 0.15) is refused
     assert sorted(rep.rejected) == ["lazy", "u1"]
     assert "own-chunk loss share" in rep.units["u1"].verdict.reason
+
+
+def test_a_low_own_share_is_excused_only_for_work_specific_to_its_own_rows() -> None:
+    """Round 1 of the 85k cell: the reference removed 15 % of its chunk's loss and raised the
+    held-out loss 10 %; an honest unit raised its own chunk's loss 5 % but held-out data's 20 %
+    (it learned its own rows: gap +0.15) and is as good as the reference on held-out data: its
+    low share is a doubt, not a refusal. Generic work that hurts its own rows as much as unseen
+    ones (gap 0) is still refused on its share."""
+    own = {"c0": 0.85, "c1": 0.95, "c2": 1.2}  # losses after training, by chunk of the unit
+    val = {"c0": 1.1, "c1": 1.2, "c2": 1.2}
+
+    def ev(params: np.ndarray, key: str) -> float:
+        moved = next((c for c, p in HONEST.items() if np.allclose(params, p)), None)
+        if moved is None:
+            return 1.0
+        return val[moved] if key == VALIDATION else (own[moved] if key == moved else 1.0)
+
+    units = [UnitInput(f"u{i}", f"t{i}", f"c{i}", HONEST[f"c{i}"], 100, 1, 100) for i in range(3)]
+    secret = next(s for s in (bytes([i]) * 32 for i in range(64))
+                  if review_round(G, units, round_index=0, secret=s, evaluate=lambda p, k: 1.0,
+                                  reexecute=lambda uid: HONEST["c" + uid[1]].copy(), history=UpdateHistory(seed=1),
+                                  records=TrainerRecords(), policy=ReexecPolicy(max_per_round=1)).reference == "u0")
+    own["c1"] = 1.05  # own drop -0.05, validation drop -0.2: gap +0.15, excess +0.1
+    rep = review_round(G, units, round_index=0, secret=secret, evaluate=ev,
+                       reexecute=lambda uid: HONEST["c" + uid[1]].copy(), history=UpdateHistory(seed=1),
+                       records=TrainerRecords(), policy=ReexecPolicy(max_per_round=1))
+    assert rep.reference == "u0" and rep.reference_own_drop == pytest.approx(0.15)
+    assert "u1" in rep.accepted and "u1" in rep.doubtful, rep.units["u1"].verdict.reason
+    assert rep.rejected == ["u2"] and "own-chunk loss share" in rep.units["u2"].verdict.reason

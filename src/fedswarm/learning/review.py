@@ -130,10 +130,16 @@ def _bounds(st: UnitStats, t: Thresholds, own_void: bool = False) -> tuple[list[
     ]
     if own_void:
         rows = rows[:4]
+    # Specific to its own rows and as good as the reference on held-out data: a low own share
+    # then says the round is noisy (an overshooting rate), not that the work was skipped.
+    share_excused = st.own_gap >= t.own_gap_excuses_share and st.val_excess <= t.max_val_excess_excusing_share
     fails, doubt = [], own_void
     for name, value, bound, doubt_bound, lower in rows:
         width = abs(doubt_bound - bound)
         bad = value < bound if lower else value > bound
+        if bad and share_excused and name.startswith("own-chunk loss share"):
+            doubt = True  # re-executed within the budget; judged on the rest otherwise
+            continue
         if bad:
             fails.append(f"{name} {value:.4g} {'below' if lower else 'above'} {bound:g}")
         if abs(value - bound) <= width or (not bad and (value < doubt_bound if lower else value > doubt_bound)):
