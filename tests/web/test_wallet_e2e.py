@@ -166,8 +166,13 @@ def test_wallet_user_in_the_browser(browser: Any, network: dict[str, Any]) -> No
     page.get_by_role("button", name="Get quote").click()
     expect(page.locator("[data-testid=quote-table] tbody tr")).to_have_count(TRAINERS + 1)
     expect(page.get_by_test_id("quote-total")).to_contain_text("ETH")
+    # Every text the progress line shows during the upload (only upload progress events write it).
+    page.evaluate("""() => { const el = document.querySelector('[data-testid=upload-progress-text]'); window.progressSeen = [];
+      new MutationObserver(() => window.progressSeen.push(el.textContent)).observe(el, {childList: true, characterData: true, subtree: true}); }""")
     page.get_by_role("button", name=re.compile("Submit")).click()
     expect(page).to_have_url(re.compile(r"#/job/job-"), timeout=240_000)
+    seen = page.evaluate("window.progressSeen")
+    assert any(re.fullmatch(r"100 % \(\d+\.\d MiB of \d+\.\d MiB\)", t) for t in seen), seen
     job_id = page.url.rsplit("/", 1)[-1]
     # Uploaded once: the column peek read the CSV in the browser.
     expect(page.get_by_test_id("pay-total")).to_contain_text("ETH", timeout=120_000)
