@@ -57,10 +57,14 @@ class Settings(BaseSettings):
     # wait: a peer silent for peer_timeout_s is unresponsive (its units are reassigned); a dial
     # gives up after dial_timeout_s and is retried every second; an RPC (stream open, request
     # write, reply read) after rpc_timeout_s. The --heartbeat / --peer-timeout flags win.
+    # A connected peer silent for peer_drop_s (unset: 3 peer timeouts; never under one peer
+    # timeout + 1 s) has its connections closed, which takes it out of gossipsub's mesh; it
+    # dials again when it is back. Its silence counts only while we hear the others.
     heartbeat_s: float = Field(default=1.0, gt=0, le=60, alias="FEDSWARM_HEARTBEAT_S")
     peer_timeout_s: float = Field(default=4.0, gt=0, le=600, alias="FEDSWARM_PEER_TIMEOUT_S")
     dial_timeout_s: float = Field(default=3.0, gt=0, le=120, alias="FEDSWARM_DIAL_TIMEOUT_S")
     rpc_timeout_s: float = Field(default=15.0, gt=0, le=600, alias="FEDSWARM_RPC_TIMEOUT_S")
+    peer_drop_s: float | None = Field(default=None, gt=0, le=3600, alias="FEDSWARM_PEER_DROP_S")
 
     # Object storage (Akave O3 / S3); empty means the devnet store.
     aws_access_key_id: SecretStr | None = None

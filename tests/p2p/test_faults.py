@@ -9,10 +9,12 @@ import time
 import pytest
 
 from conftest import HEARTBEAT, Swarm, bootmesh_roles, trainer_online, wait_for
+from fedswarm.p2p.presence import drop_after
 from fedswarm.roles.launcher import start_node
 
 pytestmark = pytest.mark.slow
 TIMEOUT = 3.0  # --peer-timeout given to every node in conftest
+DROP_S = drop_after(TIMEOUT)  # a connected peer silent this long loses its connections
 
 
 @pytest.fixture
@@ -40,16 +42,39 @@ def test_kill9_and_sigstop(fresh_swarm: Swarm) -> None:
     assert time.monotonic() - t0 < TIMEOUT + 3
     wait_for(lambda: victim.peer_id not in bootmesh_roles(s.client), TIMEOUT + 3, what="killed trainer out of bootmesh")
 
-    # SIGSTOP: unresponsive within the timeout even though TCP stays up; back after SIGCONT
+    # SIGSTOP: unresponsive within the timeout even though TCP stays up (py-libp2p has no
+    # liveness); silent past the drop bound, the bootstrap and the client close their
+    # connections to it and gossipsub drops it from the bootstrap's mesh; back after SIGCONT.
+    boot, client = s.bootstrap, s.client
+    wait_for(lambda: frozen.peer_id in _mesh_peers(boot), 10, what="trainer in the bootstrap's mesh")
     os.kill(frozen.popen.pid, signal.SIGSTOP)
+    t_stop = time.monotonic()
     try:
         for obs in observers:
             wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is False, TIMEOUT + 3,
                      what="frozen trainer unresponsive")
+        for obs in (boot, client):
+            wait_for(lambda obs=obs: frozen.peer_id not in obs.command("peers")["peers"], DROP_S + 6,
+                     what=f"frozen trainer's connections closed by the {obs.role}")
+        t_dropped = time.monotonic() - t_stop
+        wait_for(lambda: frozen.peer_id not in _mesh_peers(boot), 5, what="frozen trainer out of the bootstrap's mesh")
+        assert DROP_S - 1 <= t_dropped <= DROP_S + 6, t_dropped  # not before its bound, not long after
     finally:
         os.kill(frozen.popen.pid, signal.SIGCONT)
+    t_cont = time.monotonic()
     for obs in observers:
         wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 10, what="thawed trainer back")
+    wait_for(lambda: frozen.peer_id in boot.command("peers")["peers"] and frozen.peer_id in _mesh_peers(boot), 15,
+             what="thawed trainer back in the bootstrap's connections and mesh")
+    print(f"\nSIGSTOP: connections closed {t_dropped:.1f} s after the stop (bound {DROP_S:.0f} s); "
+          f"back in the bootstrap's mesh {time.monotonic() - t_cont:.1f} s after SIGCONT")
+
+
+def _mesh_peers(node) -> set[str]:  # type: ignore[no-untyped-def]
+    """Every peer in ``node``'s gossipsub mesh, all topics together."""
+    out = node.command("mesh")
+    assert out["status"] == "ok", out
+    return {p for peers in out["mesh"].values() for p in peers}
 
 
 def test_bootstrap_restart_with_same_key(fresh_swarm: Swarm) -> None:

@@ -107,6 +107,8 @@ def _node_opts(role: Role, opts: dict[str, Any], settings: Settings | None = Non
     if settings is not None:  # the network deadlines' settings; the CLI flags below win
         out.update(heartbeat_interval=settings.heartbeat_s, peer_timeout=settings.peer_timeout_s,
                    rpc_timeout=settings.rpc_timeout_s)
+        if settings.peer_drop_s:  # unset: the node's own default (3 peer timeouts)
+            out["peer_drop_after"] = settings.peer_drop_s
     if role == Role.TRAINER:
         from fedswarm.roles.capabilities import detect_capabilities
 

@@ -33,7 +33,7 @@ from fedswarm.p2p.framing import FrameError, FrameReader, write_message
 from fedswarm.p2p.gate import Gate, resource_manager
 from fedswarm.p2p.gossip_health import GossipHealth
 from fedswarm.p2p.limits import LimitsConfig, PeerLimits
-from fedswarm.p2p.presence import Presence
+from fedswarm.p2p.presence import Presence, SilenceWatch, drop_after
 from fedswarm.p2p.rpc import Rejected, RpcError, RpcHandler, RpcServer
 from fedswarm.protocol.decode import MAX_GOSSIP_MESSAGE
 from fedswarm.protocol.messages import (
@@ -88,6 +88,8 @@ class Node(Presence):
     role: what this node announces in its heartbeats.
     listen: multiaddr to listen on (``/ip4/127.0.0.1/tcp/0`` picks a free port).
     bootstrap: multiaddrs (with ``/p2p/<id>``) of bootstrap nodes; empty for the bootstrap itself.
+    peer_drop_after: seconds a connected peer may stay silent before its connections are closed
+        (None: 3 peer timeouts; see :func:`~fedswarm.p2p.presence.drop_after`).
     """
 
     def __init__(
@@ -104,6 +106,7 @@ class Node(Presence):
         price_wei: int | None = None,
         hears_presence: bool | None = None,
         limits: LimitsConfig | None = None,
+        peer_drop_after: float | None = None,
     ) -> None:
         self.identity = identity
         # Who keeps a first-hand directory (every heartbeat): the bootstrap, which summarizes
@@ -128,6 +131,9 @@ class Node(Presence):
         self.api_addr: str | None = None
         self.peer_id = identity.peer_id
         self.directory = Directory(time.monotonic, timeout=peer_timeout)
+        # A connected peer silent this long loses its connections (None: 3 peer timeouts).
+        self.peer_drop_after = drop_after(peer_timeout, peer_drop_after)
+        self.silence = SilenceWatch()
         self.stats: collections.Counter[str] = collections.Counter()
         self.last_summary: MeshSummary | None = None
         self._bootstrap_heard_at = time.monotonic()

@@ -3,7 +3,9 @@
 py-libp2p has no liveness and never redials, so a node publishes heartbeats on the presence
 topic, keeps a directory from them (or from the bootstrap's mesh summary), and redials the
 bootstrap and the peers it keeps links with (:func:`~fedswarm.p2p.directory.keeps_link`): links
-form a star around the bootstrap and the clients. Kept apart from the node's host, RPC and
+form a star around the bootstrap and the clients. A connected peer silent for longer than
+``peer_drop_after`` has its connections closed (:class:`SilenceWatch`), so that gossipsub drops
+it from its mesh; it dials again when it comes back. Kept apart from the node's host, RPC and
 pubsub plumbing so that each part reads on its own.
 """
 
@@ -12,6 +14,7 @@ from __future__ import annotations
 import collections
 import logging
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 import multiaddr
@@ -32,6 +35,55 @@ from fedswarm.protocol.messages import (
 from fedswarm.protocol.topics import DIRECTORY_TOPIC, PRESENCE_TOPIC
 
 log = logging.getLogger("fedswarm.p2p")
+
+# A connected peer silent this many peer timeouts loses its connections (unless configured).
+DROP_SILENT_AFTER_TIMEOUTS = 3.0
+
+
+def drop_after(peer_timeout: float, configured: float | None = None) -> float:
+    """Seconds of silence after which a connected peer's connections are closed: ``configured``
+    (``FEDSWARM_PEER_DROP_S``), else 3 peer timeouts; never less than one peer timeout plus a
+    second, so that a peer is always judged unresponsive (and a client has taken its units
+    away) before its connections go."""
+    want = configured if configured else DROP_SILENT_AFTER_TIMEOUTS * peer_timeout
+    return max(want, peer_timeout + 1.0)
+
+
+class SilenceWatch:
+    """When each connected peer was last heard, to find those silent for too long (pure; the
+    clock and the facts are the caller's).
+
+    A peer counts as heard at its newest heartbeat (first-hand, or as a bootstrap's summary
+    dates it) and, at the latest, when we first saw it connected: a peer that has just
+    (re)connected is never judged by an old record, and one that never says anything is silent
+    from its connection on. Its record may be forgotten meanwhile (the directory forgets after
+    30 s); the time it was last heard is kept here as long as it stays connected."""
+
+    def __init__(self) -> None:
+        self._heard: dict[str, float] = {}
+
+    def silent(self, now: float, connected: Iterable[str], last_seen: Callable[[str], float | None],
+               hearing_for: float, after: float) -> list[str]:
+        """The connected peers silent for more than ``after`` seconds. ``hearing_for`` is how
+        long we have been hearing the others without a gap (:meth:`Presence.hearing_for`): a
+        silence counts only while we heard the others, so an outage of our own link, which
+        silences everyone, never makes a peer silent."""
+        connected = set(connected)
+        for pid in list(self._heard):
+            if pid not in connected:
+                del self._heard[pid]  # gone: a new connection starts a new count
+        out = []
+        for pid in sorted(connected):
+            seen = last_seen(pid)
+            heard = max(self._heard.get(pid, now), seen if seen is not None else -1e18)
+            self._heard[pid] = heard
+            if min(now - heard, hearing_for) > after:
+                out.append(pid)
+        return out
+
+    def forget(self, peer_id: str) -> None:
+        """Start ``peer_id``'s count again (its connections were just closed)."""
+        self._heard.pop(peer_id, None)
 
 
 class Presence:
@@ -56,6 +108,8 @@ class Presence:
     _bootstrap_heard_at: float
     _bootstrap_reset_at: float
     dial_timeout: float = 3.0  # seconds a dial may take (a blackholed address never answers)
+    peer_drop_after: float = 12.0  # seconds of silence before a connected peer's links are closed
+    silence: SilenceWatch
     # When we last heard any peer, and since when without a gap (class defaults: the node's
     # constructor need not know them).
     _heard_at: float = -1e9
@@ -181,6 +235,7 @@ class Presence:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)
             await self._prune_duplicate_connections()
             await self._reset_silent_bootstrap_link()
+            await self._drop_silent_peers()
             connected = set(self.connected_peers())
             missing = {p: a for p, a in targets.items() if p != self.peer_id and p not in connected}
             if missing:
@@ -204,6 +259,32 @@ class Presence:
         log.info("nothing heard from the bootstrap for %.0f s: redialling it", now - self._bootstrap_heard_at)
         for bid in self.bootstrap_ids:
             await self._drop_connections(bid)
+
+    async def _drop_silent_peers(self) -> None:
+        """Close our connections to every connected peer silent for ``peer_drop_after``.
+
+        py-libp2p has no liveness: a peer whose link is blackholed (or that is frozen) stays
+        connected, and in our gossipsub mesh, for as long as TCP does not give up (up to a
+        quarter of an hour), and gossip keeps queueing messages for it. Closing its connections
+        takes it out of the mesh; when it is back it dials again (every node dials the
+        bootstrap; between other peers the smaller id dials, once the peer is heard again).
+        The bootstraps we dial ourselves have their own rule (:meth:`_reset_silent_bootstrap_link`)."""
+        now = time.monotonic()
+
+        def last_seen(pid: str) -> float | None:
+            rec = self.directory.get(pid)
+            return rec.last_seen if rec is not None else None
+
+        connected = [p for p in self.connected_peers() if p not in self.bootstrap_ids]
+        silent = self.silence.silent(now, connected, last_seen, self.hearing_for(), self.peer_drop_after)
+        if not silent:
+            return
+        async with trio.open_nursery() as n:
+            for pid in silent:
+                self.silence.forget(pid)
+                self.stats["silent_peers_dropped"] += 1
+                log.info("peer %s silent for more than %.0f s: closing its connections", pid, self.peer_drop_after)
+                n.start_soon(self._drop_connections, pid)
 
     async def _prune_duplicate_connections(self) -> None:
         """Keep one connection per peer, the same one on both sides: the newest of those the
