@@ -83,7 +83,7 @@ export function jobPage({ page, onLeave, arg: jobId }) {
     info.set("payer", esc.payer ? h("code", { class: "wrap" }, esc.payer) : job.owner && job.owner !== "node" ? job.owner : "this node");
     // The node's own funding transaction, or the one this browser's wallet sent.
     const fund = ((esc.transactions || {}).fund || [])[0];
-    const fundTx = (fund && fund.tx_hash) || sessionStorage.getItem(PAID_KEY + job.job_id);
+    const fundTx = (fund && (fund.hash || fund.tx_hash)) || sessionStorage.getItem(PAID_KEY + job.job_id);
     info.set("fund_tx", fundTx ? txLink(fundTx, "fund-tx") : "—");
     info.set("audit", job.audit_topic || "—");
     fill(jobErr, job.error ? alertBox(job.error, "job-error") : null);
