@@ -63,7 +63,9 @@ def job(state: str = "running", current_round: int = 1, rounds: int = 3, **extra
                            "seconds": 10.0 + r, "metrics": {}} for r in done],
         "units": [{"round": r, "trainer_peer": "peerA", "num_samples": 100 + r, "train_loss": 0.9 - 0.1 * r} for r in done],
         "trainers_detail": [{"peer_id": "peerA", "address": "0x" + "1a" * 20, "price_wei": "10000000", "standby": False,
-                             "units_assigned": 2, "units_committed": 2, "units_accepted": 2, "units_rejected": 0, "paid_wei": "20000000"}],
+                             "units_assigned": 2, "units_committed": 2, "units_accepted": 2, "units_rejected": 0, "paid_wei": "20000000",
+                             "client_rejection_rate": 0.125, "client_units_judged": 24}],
+        "operator_record": {"operator": "0x" + "0e" * 20, "rejection_rate": 0.25, "units_judged": 40},
         "paid_wei": "20000000", "escrow": {"job_key": "0x" + "11" * 32, "payer": USER, "refunded_wei": "0", "transactions": {}},
         "refund": None, "result": None, "final_metrics": {}, "events": [{"ts": 1.0, "msg": f"event {i}"} for i in range(3)],
     }
@@ -208,6 +210,9 @@ def test_events_update_in_place(browser: Any) -> None:
     expect(page.get_by_test_id("trainer-samples")).to_have_text("101")
     expect(page.get_by_test_id("trainer-loss")).to_contain_text("0.8000 (round 2)")
     expect(page.get_by_test_id("eta")).to_contain_text("s left")
+    # what trainers see of this job's operator: the rate each bidder saw, and the operator's own
+    expect(page.get_by_test_id("trainer-sees-rate")).to_have_text("12.5 % of 24 units")
+    expect(page.get_by_test_id("operator-record")).to_contain_text("25.0 % of 40 units")
     assert not page.errors, page.errors
     page.context.close()
 

@@ -37,3 +37,9 @@ export function announce(text) {
   const el = document.getElementById("status");
   if (el) el.textContent = text;
 }
+
+// A client's rejection rate from the chain's settlements ("—" when nothing was judged yet).
+export function rateText(rate, units) {
+  if (rate === null || rate === undefined) return units ? "—" : "no settled units";
+  return `${(100 * rate).toFixed(1)} % of ${units ?? "?"} units`;
+}

@@ -5,7 +5,7 @@ import { api, streamEvents } from "../api.js";
 import { alertBox, fill, h, num, when } from "../dom.js";
 import { roundsChart } from "../chart.js";
 import { amount, announce, txLink } from "../state.js";
-import { TRAINER_HEADERS, loadAudit, refundInfo, stepper, timingText, trainerRows } from "./jobparts.js";
+import { TRAINER_HEADERS, loadAudit, operatorRecord, refundInfo, stepper, timingText, trainerRows } from "./jobparts.js";
 import { PAID_KEY, payPanel, resultPanel, withdrawPanel } from "./payresult.js";
 
 const TERMINAL = ["done", "failed", "cancelled"];
@@ -35,7 +35,8 @@ export function jobPage({ page, onLeave, arg: jobId }) {
   const jobErr = h("div");
   const info = facts([["state", "State"], ["dataset", "Dataset"], ["rounds", "Rounds done"], ["eta", "Time"],
     ["deposited", "Escrow deposited"], ["paid", "Paid to trainers"], ["refund", "Refund"], ["accuracy", "Final accuracy"],
-    ["payer", "Payer"], ["fund_tx", "Funding transaction"], ["audit", "Audit topic"]]);
+    ["payer", "Payer"], ["fund_tx", "Funding transaction"], ["operator_record", "Operator's rejection rate"],
+    ["audit", "Audit topic"]]);
   const cancelBtn = h("button", { type: "button", id: "cancel-btn", hidden: true }, "Cancel job");
   const cloneLink = h("a", { class: "button", href: `#/new/${encodeURIComponent(jobId)}`, "data-testid": "clone" }, "New job with these terms");
   const steps = h("div");
@@ -85,6 +86,7 @@ export function jobPage({ page, onLeave, arg: jobId }) {
     const fund = ((esc.transactions || {}).fund || [])[0];
     const fundTx = (fund && (fund.hash || fund.tx_hash)) || sessionStorage.getItem(PAID_KEY + job.job_id);
     info.set("fund_tx", fundTx ? txLink(fundTx, "fund-tx") : "—");
+    info.set("operator_record", operatorRecord(job));
     info.set("audit", job.audit_topic || "—");
     fill(jobErr, job.error ? alertBox(job.error, "job-error") : null);
     cancelBtn.hidden = TERMINAL.includes(job.state);

@@ -2,7 +2,7 @@
 // statistics, the refund line and the audit table.
 import { api } from "../api.js";
 import { fill, h, num, short, table, when } from "../dom.js";
-import { amount, amountText, txLink } from "../state.js";
+import { amount, amountText, rateText, txLink } from "../state.js";
 
 const STEPS = ["prepared", "bidding", "paid", "rounds", "settling", "done"];
 const STEP_OF = { submitted: 0, prepared: 1, bidding: 1, selected: 2, "awaiting-payment": 2, escrowed: 3, running: 3, finishing: 4, done: 6 };
@@ -61,11 +61,22 @@ export function trainerRows(job) {
       h("td", {}, String(t.units_rejected)),
       h("td", { "data-testid": "trainer-samples" }, u ? String(u.num_samples) : "—"),
       h("td", { "data-testid": "trainer-loss" }, u ? `${num(u.train_loss)} (round ${u.round + 1})` : "—"),
+      h("td", { "data-testid": "trainer-sees-rate" }, rateText(t.client_rejection_rate, t.client_units_judged)),
       h("td", {}, amount(t.price_wei)), h("td", {}, amount(t.paid_wei)));
   });
 }
 
-export const TRAINER_HEADERS = ["trainer", "role", "assigned", "delivered", "accepted", "rejected", "samples", "train loss", "price/unit", "paid"];
+export const TRAINER_HEADERS = ["trainer", "role", "assigned", "delivered", "accepted", "rejected", "samples", "train loss",
+  "your rejection rate as it saw it", "price/unit", "paid"];
+
+// The job's operator as trainers see it on chain: above the trainers' limit (50 % of at least
+// 20 units by default) they stop bidding, so a job with no bids may be explained here.
+export function operatorRecord(job) {
+  const r = job.operator_record;
+  if (!r) return "—";
+  return h("span", { "data-testid": "operator-record" }, rateText(r.rejection_rate, r.units_judged),
+    r.operator ? h("span", { class: "muted" }, " · ", h("code", {}, short(r.operator, 12))) : "");
+}
 
 // What comes back to the payer and when: the node's `refund` block (amount refunded so far,
 // when the reservations were released or may be, the last refunding transaction).

@@ -2,12 +2,9 @@
 // and the delegate picker (client nodes that advertise a public API).
 import { api, getBase, setBase } from "../api.js";
 import { alertBox, card, fill, h, short, table } from "../dom.js";
-import { amount } from "../state.js";
+import { amount, rateText } from "../state.js";
 
-function rate(c) {
-  if (c.rejection_rate === null || c.rejection_rate === undefined) return c.units_judged ? "—" : "no settled units";
-  return `${(100 * c.rejection_rate).toFixed(1)} % of ${c.units_judged ?? "?"} units`;
-}
+const rate = (c) => rateText(c.rejection_rate, c.units_judged);
 
 // The picker: this page's node or one of the advertised delegates; the choice is remembered
 // (localStorage "fedswarm.delegate") and every API call goes there.
