@@ -8,8 +8,14 @@ does not look next to its own files. ``PATH`` is the last resort for each tool.
 
 from __future__ import annotations
 
+import json
+import os
+import selectors
 import shutil
+import subprocess
+import time
 from pathlib import Path
+from typing import Any
 
 from fedswarm.config import DEFAULT_ROOT, load_settings
 
@@ -66,3 +72,30 @@ def __getattr__(attr: str) -> Path:
     if attr == "TOOLS_DIR":
         return tools_dir()
     raise AttributeError(f"module {__name__!r} has no attribute {attr!r}")
+
+
+def spawn_announcing(argv: list[str], log_path: Path, what: str, timeout: float = 60.0) -> tuple[subprocess.Popen[bytes], dict[str, Any]]:
+    """Start a service process that prints one JSON line on stdout once it serves (its
+    address), and wait for that line. stderr goes to ``log_path``. Raises RuntimeError naming
+    ``what`` and the log when the process dies or says nothing within ``timeout``."""
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL)
+    assert proc.stdout is not None
+    sel = selectors.DefaultSelector()
+    sel.register(proc.stdout, selectors.EVENT_READ)
+    deadline = time.monotonic() + timeout
+    line = b""
+    while not line.endswith(b"\n"):
+        left = deadline - time.monotonic()
+        if left <= 0 or proc.poll() is not None and not sel.select(0):
+            proc.kill()
+            proc.wait()
+            raise RuntimeError(f"{what} did not start (exit {proc.returncode}); see {log_path}")
+        if sel.select(min(left, 0.5)):
+            chunk = os.read(proc.stdout.fileno(), 4096)
+            if not chunk and proc.poll() is not None:
+                continue
+            line += chunk
+    sel.close()
+    proc.stdout.close()  # the service prints nothing else on stdout
+    return proc, json.loads(line.decode())

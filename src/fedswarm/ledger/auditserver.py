@@ -38,10 +38,8 @@ import base64
 import contextlib
 import json
 import logging
-import os
 import queue
 import re
-import selectors
 import signal
 import sqlite3
 import subprocess
@@ -75,6 +73,7 @@ from fedswarm.ledger.runninghash import RUNNING_HASH_VERSION, ZERO_HASH, EntityI
 from fedswarm.ledger.topickeys import KeySpec, decode_key, encode_key, is_satisfied
 from fedswarm.ledger.verify import format_timestamp
 from fedswarm.protocol.decode import DecodeError, decode_object
+from fedswarm.tools import spawn_announcing
 
 log = logging.getLogger("fedswarm.ledger.auditserver")
 
@@ -537,33 +536,9 @@ def start_audit_server(
     db_path = Path(db_path).expanduser().resolve()
     db_path.parent.mkdir(parents=True, exist_ok=True)
     log_path = log_path or db_path.with_suffix(".log")
-    with open(log_path, "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedswarm.ledger.auditserver", "--db", str(db_path),
-             "--host", host, "--port", str(port)],
-            stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
-        )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None and not sel.select(0):
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(
-                f"audit server did not start (exit {proc.returncode}); see {log_path}"
-            )
-        if sel.select(min(left, 0.5)):
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk and proc.poll() is not None:
-                continue
-            line += chunk
-    sel.close()
-    proc.stdout.close()  # the server prints nothing else on stdout
-    info = json.loads(line.decode())
+    proc, info = spawn_announcing(
+        [sys.executable, "-m", "fedswarm.ledger.auditserver", "--db", str(db_path), "--host", host, "--port", str(port)],
+        log_path, "audit server", timeout)
     info["audit"]["pid"] = proc.pid
     return proc, info
 

@@ -33,13 +33,10 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
-import selectors
 import signal
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -54,6 +51,7 @@ from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 
 from fedswarm.ledger.hedera import WEIBAR_PER_TINYBAR
+from fedswarm.tools import spawn_announcing
 
 log = logging.getLogger(__name__)
 
@@ -385,33 +383,11 @@ def start_units_relay(
     map lives in ``state_dir``."""
     state_dir = Path(state_dir).expanduser().resolve()
     state_dir.mkdir(parents=True, exist_ok=True)
-    with open(state_dir / "relay.log", "ab") as log_file:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fedswarm.ledger.unitsrelay", "--upstream", upstream,
-             "--chain-id", str(chain_id), "--state", str(state_dir / HASHES_FILE), "--host", host,
-             "--port", str(port), "--gas-price-tinybar", str(gas_price_tinybar)],
-            stdout=subprocess.PIPE, stderr=log_file, stdin=subprocess.DEVNULL,
-        )
-    assert proc.stdout is not None
-    sel = selectors.DefaultSelector()
-    sel.register(proc.stdout, selectors.EVENT_READ)
-    deadline = time.monotonic() + timeout
-    line = b""
-    while not line.endswith(b"\n"):
-        left = deadline - time.monotonic()
-        if left <= 0 or proc.poll() is not None and not sel.select(0):
-            proc.kill()
-            proc.wait()
-            raise RuntimeError(f"the units relay did not start (exit {proc.returncode});"
-                               f" see {state_dir / 'relay.log'}")
-        if sel.select(min(left, 0.5)):
-            chunk = os.read(proc.stdout.fileno(), 4096)
-            if not chunk and proc.poll() is not None:
-                continue
-            line += chunk
-    sel.close()
-    proc.stdout.close()
-    info = json.loads(line.decode())
+    proc, info = spawn_announcing(
+        [sys.executable, "-m", "fedswarm.ledger.unitsrelay", "--upstream", upstream,
+         "--chain-id", str(chain_id), "--state", str(state_dir / HASHES_FILE), "--host", host,
+         "--port", str(port), "--gas-price-tinybar", str(gas_price_tinybar)],
+        state_dir / "relay.log", "the units relay", timeout)
     info["pid"] = proc.pid
     return proc, info
 
