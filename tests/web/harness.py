@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import json
 import mimetypes
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -179,3 +181,45 @@ class MockNode:
 
     def calls(self, method: str, path: str) -> list[Recorded]:
         return [r for r in self.requests if r.method == method and urlsplit(r.url).path == path]
+
+
+@contextmanager
+def ui_network(root: Path, trainers: int) -> Iterator[dict[str, Any]]:
+    """A devnet, a bootstrap, a client and ``trainers``+1 trainers (one standby) started with
+    the normal CLI, as `fedswarm demo` does; yields once the client sees every trainer online.
+    The client finds the devnet's topic log through FEDSWARM_DEVNET_HOME (the UI's audit view)."""
+    from fedswarm.demo import DEFAULT_PRICE, bundled_dataset
+    from fedswarm.devnet import Devnet
+    from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
+
+    nodes: list[NodeProcess] = []
+    devnet = Devnet.start(root / "devnet")
+    try:
+        dn = ["--devnet-home", str(root / "devnet")]
+        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
+        boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
+        nodes.append(boot)
+        specs: list[tuple[str, Path, dict[str, Any]]] = [
+            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb],
+                                         "env": {"FEDSWARM_DEVNET_HOME": str(root / "devnet")}})]
+        for i in range(trainers + 1):
+            specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": [
+                *dn, *hb, "--no-gpu", "--price-wei", str(DEFAULT_PRICE + 1000 * i)]}))
+        started = start_nodes(specs)
+        nodes.extend(started)
+        client = started[0]
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            rows = httpx.get(f"{client.api}/api/v1/trainers", timeout=10).json()["trainers"]
+            if sum(r["online"] for r in rows) >= trainers + 1:
+                break
+            time.sleep(0.3)
+        else:
+            raise AssertionError("the client did not see every trainer within 60 s")
+        data, _, _ = bundled_dataset("breast_cancer", root)
+        yield {"client": client, "root": root, "dataset": data, "devnet": devnet,
+               "rpc": devnet.state["chain"]["rpc_url"]}
+    finally:
+        for n in reversed(nodes):
+            n.stop()
+        devnet.stop()

@@ -10,7 +10,6 @@ import hashlib
 import io
 import re
 import shutil
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,11 +17,10 @@ from typing import Any
 import httpx
 import pytest
 
+from .harness import ui_network
+
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
-                 "--disable-component-update", "--disable-sync"]
 REPO = Path(__file__).resolve().parents[2]
 ARTIFACTS = REPO / "test-artifacts" / "ui"
 EXAMPLE_SPEC = REPO / "src" / "fedswarm" / "examples" / "breast_cancer.seq.json"
@@ -32,66 +30,13 @@ ROUNDS = 3
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    """Debian's Chromium driven by Playwright; skipped (with the reason) only if it cannot run."""
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed in this venv ({exc})")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
-    with sync_playwright() as pw:
-        try:
-            b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        except Exception as exc:  # a broken install: say why rather than fail obscurely
-            pytest.skip(f"Chromium at {CHROMIUM} did not start: {str(exc).splitlines()[0]}")
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
-    """Devnet + bootstrap + client + TRAINERS+1 trainers (one standby), like `fedswarm demo`."""
-    from fedswarm.demo import DEFAULT_PRICE, bundled_dataset
-    from fedswarm.devnet import Devnet
-    from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
-
-    root = tmp_path_factory.mktemp("ui")
-    nodes: list[NodeProcess] = []
-    devnet = Devnet.start(root / "devnet")
-    try:
-        dn = ["--devnet-home", str(root / "devnet")]
-        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
-        boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
-        nodes.append(boot)
-        # The env var lets the UI's audit route find the devnet's topic log (see mount_ui).
-        specs: list[tuple[str, Path, dict[str, Any]]] = [
-            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb],
-                                         "env": {"FEDSWARM_DEVNET_HOME": str(root / "devnet")}})]
-        for i in range(TRAINERS + 1):
-            specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": [
-                *dn, *hb, "--no-gpu", "--price-wei", str(DEFAULT_PRICE + 1000 * i)]}))
-        started = start_nodes(specs)
-        nodes.extend(started)
-        client = started[0]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = httpx.get(f"{client.api}/api/v1/trainers", timeout=10).json()["trainers"]
-            if sum(r["online"] for r in rows) >= TRAINERS + 1:
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the client did not see every trainer within 60 s")
-        data, _, _ = bundled_dataset("breast_cancer", root)
-        bad = root / "broken.csv"
+    """Devnet + bootstrap + client + TRAINERS+1 trainers (one standby), like `fedswarm demo`,
+    and a broken CSV for the error path."""
+    with ui_network(tmp_path_factory.mktemp("ui"), TRAINERS) as net:
+        bad = net["root"] / "broken.csv"
         bad.write_text("a,b,c\n1,2\n3,4,5,6\n")
-        yield {"client": client, "root": root, "dataset": data, "bad_csv": bad, "devnet": devnet}
-    finally:
-        for n in reversed(nodes):
-            n.stop()
-        devnet.stop()
+        yield {**net, "bad_csv": bad}
 
 
 @pytest.fixture(scope="module")

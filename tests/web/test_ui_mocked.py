@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from .harness import (
-    CHROMIUM,
-    CHROMIUM_ARGS,
     MockNode,
     Wallet,
     guard_requests,
@@ -33,22 +30,6 @@ HEDERA_TESTNET = {"id": 296, "name": "hedera-testnet", "currency": "HBAR", "amou
 DEVNET = {"id": 31337, "name": "devnet", "currency": "ETH", "amount_decimals": 18, "value_decimals": 18,
           "explorer_tx": None, "contract": "0x" + "c0" * 20, "operator": "0x" + "0e" * 20}
 USER = "0x" + "ab" * 20
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed in this venv ({exc})")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
 
 
 def job(state: str = "running", current_round: int = 1, rounds: int = 3, **extra: Any) -> dict[str, Any]:

@@ -15,13 +15,12 @@ import hashlib
 import re
 import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 
-from .harness import CHROMIUM, CHROMIUM_ARGS, Wallet, guard_requests, install_wallet
+from .harness import Wallet, guard_requests, install_wallet, ui_network
 
 pytestmark = [pytest.mark.slow, pytest.mark.browser]
 
@@ -33,59 +32,10 @@ USER_INDEX, STRANGER_INDEX = 5, 6
 
 
 @pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError as exc:
-        pytest.skip(f"playwright is not installed in this venv ({exc})")
-    if not CHROMIUM.exists():
-        pytest.skip(f"{CHROMIUM} is missing: install it with `apt-get install -y chromium`")
-    with sync_playwright() as pw:
-        b = pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True)
-        try:
-            yield b
-        finally:
-            b.close()
-
-
-@pytest.fixture(scope="module")
 def network(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
     """Devnet + bootstrap + client + TRAINERS+1 trainers (one standby)."""
-    from fedswarm.demo import DEFAULT_PRICE, bundled_dataset
-    from fedswarm.devnet import Devnet
-    from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
-
-    root = tmp_path_factory.mktemp("wallet-ui")
-    nodes: list[NodeProcess] = []
-    devnet = Devnet.start(root / "devnet")
-    try:
-        dn = ["--devnet-home", str(root / "devnet")]
-        hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
-        boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
-        nodes.append(boot)
-        specs: list[tuple[str, Path, dict[str, Any]]] = [
-            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb],
-                                         "env": {"FEDSWARM_DEVNET_HOME": str(root / "devnet")}})]
-        for i in range(TRAINERS + 1):
-            specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": [
-                *dn, *hb, "--no-gpu", "--price-wei", str(DEFAULT_PRICE + 1000 * i)]}))
-        started = start_nodes(specs)
-        nodes.extend(started)
-        client = started[0]
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            rows = httpx.get(f"{client.api}/api/v1/trainers", timeout=10).json()["trainers"]
-            if sum(r["online"] for r in rows) >= TRAINERS + 1:
-                break
-            time.sleep(0.3)
-        else:
-            raise AssertionError("the client did not see every trainer within 60 s")
-        data, _, _ = bundled_dataset("breast_cancer", root)
-        yield {"client": client, "root": root, "dataset": data, "rpc": devnet.state["chain"]["rpc_url"]}
-    finally:
-        for n in reversed(nodes):
-            n.stop()
-        devnet.stop()
+    with ui_network(tmp_path_factory.mktemp("wallet-ui"), TRAINERS) as net:
+        yield net
 
 
 def rpc(url: str, method: str, *params: Any) -> Any:
