@@ -371,6 +371,55 @@ async def test_cors_for_delegates_and_allowlist(tmp_path: Path, scope_patch: Non
         assert r.status_code == 204 and r.headers["access-control-allow-origin"] == evil
 
 
+
+async def test_delegate_tells_its_chain_to_any_page(tmp_path: Path, scope_patch: None) -> None:
+    """Before sign-in a page of another origin learns a delegate's chain (and nothing else)
+    from GET /api/v1/node; every other route's refusal stays as it was."""
+    evil = "https://pages.example"
+    app, role, guard = make(tmp_path / "delegate", delegate=True)
+    add_job(role, "job-a", ALICE.address)
+    async with client(app) as http:
+        r = await http.get("/api/v1/node", headers={"Origin": evil})
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == evil
+        assert "access-control-allow-credentials" not in r.headers
+        body = r.json()
+        assert set(body) == {"chain"} and body["chain"]["id"] == CHAIN and body["chain"]["currency"] == "ETH"
+        assert body["chain"]["contract"] == role.escrow.contract_address
+        assert body["chain"]["operator"] == role.identity.address
+        assert int(r.headers["content-length"]) == len(r.content)
+        # a local process (no Origin) and the node's own page keep the full description
+        full = (await http.get("/api/v1/node")).json()
+        assert full["peer_id"] == "12D3KooWfake" and full["chain"] == body["chain"]
+        assert "peer_id" in (await http.get("/api/v1/node", headers={"Origin": ORIGIN})).json()
+        # a wrong credential is still a 401; a wallet session gets the full answer
+        r = await http.get("/api/v1/node", headers={"Origin": evil, "Authorization": "Wallet nope"})
+        assert r.status_code == 401
+        token = await sign_in(http, ALICE, origin=evil)
+        r = await http.get("/api/v1/node", headers={"Origin": evil, "Authorization": f"Wallet {token}"})
+        assert r.status_code == 200 and "peer_id" in r.json()
+        http.cookies.clear()  # the sign-in's wallet cookie: a browser never sends it cross-origin
+        # nothing else opens: the jobs, a job, the node's own routes, other methods
+        r = await http.get("/api/v1/jobs", headers={"Origin": evil})
+        assert "access-control-allow-origin" not in r.headers
+        for method, path in [("GET", "/api/v1/jobs/job-a/result"), ("POST", "/api/v1/jobs/job-a/cancel"),
+                             ("POST", "/api/v1/node")]:
+            r = await http.request(method, path, headers={"Origin": evil})
+            assert r.status_code in (403, 405) and "access-control-allow-origin" not in r.headers, (method, path)
+        assert "access-control-allow-origin" not in (await http.get("/api/v1/peers", headers={"Origin": evil})).headers
+    assert role.cancelled == []
+    # not a delegate: no CORS for that origin (the browser cannot read the answer)
+    app, _, _ = make(tmp_path / "plain")
+    async with client(app) as http:
+        r = await http.get("/api/v1/node", headers={"Origin": evil})
+        assert "access-control-allow-origin" not in r.headers
+    # a delegate on a public bind: the chain block to anyone without a credential, the rest needs one
+    app, _, _ = make(tmp_path / "public", delegate=True, bind_host="0.0.0.0")
+    async with client(app) as http:
+        r = await http.get("/api/v1/node")
+        assert r.status_code == 200 and set(r.json()) == {"chain"}
+        assert (await http.get("/api/v1/jobs")).status_code == 401
+        assert (await http.get("/api/v1/node", headers={"Authorization": "Bearer node-token"})).json()["peer_id"]
+
 def test_chain_block_units_and_explorer(tmp_path: Path) -> None:
     from fedswarm.api.wallet_jobs import chain_info
 

@@ -23,6 +23,9 @@ seed's ``/command``, the UI, role routers added later). Rules:
   started with ``--public-api``) also answers any origin on :data:`WALLET_PREFIXES` when the
   request carries a wallet credential in its header (sign-in itself needs none); cookies never
   travel cross-origin (no ``Access-Control-Allow-Credentials``). No other origin gets CORS.
+  One read-only exception: a delegate answers ``GET /api/v1/node`` from another origin (or, on
+  a public bind, from anyone) without a credential with its public ``chain`` block alone
+  (principal ``public``), so a page learns which chain to sign in on before it has a session.
 * **Bodies** are capped per route before and while they arrive: ``Content-Length`` over the cap
   is a 413 before a byte is read, and a body that keeps coming past it is cut off with a 413.
 
@@ -46,7 +49,7 @@ from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 F = TypeVar("F", bound=Callable[..., Any])
-PrincipalKind = Literal["token", "ui-session", "wallet", "local"]
+PrincipalKind = Literal["token", "ui-session", "wallet", "local", "public"]
 NODE_OWNER = "node"  # jobs submitted through the node's own credentials belong to "node"
 LOCAL_SECRET_FILE = "api-secret"  # in the node's home, mode 0600: the local CLI's credential
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "[::1]")
@@ -61,6 +64,9 @@ WALLET_PREFIXES = ("/api/v1/wallet/", "/api/v1/jobs", "/api/v1/quote", "/api/v1/
 # Sign-in needs no credential (it is how one gets one); its message is bound to the origin.
 WALLET_SIGN_IN = frozenset({"/api/v1/wallet/challenge", "/api/v1/wallet/session"})
 CORS_METHODS = b"GET, POST, DELETE, OPTIONS"
+# A delegate describes its chain to any page before sign-in: this route, its ``chain`` key only.
+PUBLIC_NODE_PATH = "/api/v1/node"
+PUBLIC_NODE_KEYS = ("chain",)
 
 
 def is_wallet_path(path: str) -> bool:
@@ -83,8 +89,9 @@ class Principal:
 
     @property
     def authenticated(self) -> bool:
-        """True for a real credential; ``local`` is an anonymous loopback caller."""
-        return self.kind != "local"
+        """True for a real credential; ``local`` is an anonymous loopback caller and ``public``
+        an anonymous page reading a delegate's public description."""
+        return self.kind not in ("local", "public")
 
     def owns(self, owner: str | None) -> bool:
         """May this principal see what belongs to ``owner`` (a job's decrypted result, say)?"""
@@ -313,7 +320,21 @@ class ApiGuard:
             return origin
         if self.delegate and is_wallet_path(conn.url.path) and (preflight or self.delegate_admits(conn)):
             return origin
+        if self.public_node_read(conn):
+            return origin
         return None
+
+    def public_node_read(self, conn: HTTPConnection) -> bool:
+        """A delegate's ``GET /api/v1/node`` without any credential, from another origin's page
+        or (public bind) from anyone: answered with :data:`PUBLIC_NODE_KEYS` only. A local
+        process without an ``Origin`` on loopback keeps the full answer it always had."""
+        if not (self.delegate and conn.scope["method"] == "GET" and conn.url.path == PUBLIC_NODE_PATH):
+            return False
+        if conn.headers.get("authorization") or conn.headers.get("cookie"):
+            return False  # a credential decides (a wrong one is still a 401)
+        origin = conn.headers.get("origin")
+        foreign = origin is not None and origin.rstrip("/").lower() not in self.own_origins(conn)
+        return self.public or foreign
 
     def check_host(self, conn: HTTPConnection) -> None:
         """Loopback only: ``Host`` must be a loopback name with the port this socket listens on,
@@ -362,6 +383,8 @@ class ApiGuard:
                 raise Refusal(403, "wallet-scope", f"a wallet session cannot use {path[:80]}: "
                               "it reaches the wallet, job, quote and node routes only")
             return principal
+        if self.public_node_read(conn):
+            return Principal("public")
         if path in OPEN_PATHS or path.startswith(OPEN_PREFIXES) or path in WALLET_SIGN_IN:
             return Principal("local")
         if self.public:
@@ -436,6 +459,8 @@ class GuardMiddleware:
             await _send_error(send, exc.status, str(exc), cors_origin=origin if cors else None)
             return
         scope.setdefault("state", {})["principal"] = principal
+        if principal.kind == "public":
+            send = _only_keys(send, PUBLIC_NODE_KEYS)
         await self._run(scope, receive, send, cap, origin if cors else None)
 
     async def _preflight(self, conn: HTTPConnection, origin: str | None, cors: bool, send: Send) -> None:
@@ -485,6 +510,39 @@ class GuardMiddleware:
             self.guard.refused["too-large"] += 1
             await _send_error(send, 413, f"request body is over this route's cap of {cap} bytes",
                               cors_origin=cors_origin)
+
+
+def _only_keys(send: Send, keys: tuple[str, ...]) -> Send:
+    """A ``send`` that passes on a JSON object answer reduced to ``keys`` (the route's body is
+    small and complete before it goes out; anything but a 200 JSON object becomes one error line)."""
+    start: Message | None = None
+    chunks: list[bytes] = []
+
+    async def reduced(message: Message) -> None:
+        nonlocal start
+        if message["type"] == "http.response.start":
+            start = message
+            return
+        if message["type"] != "http.response.body" or start is None:
+            await send(message)
+            return
+        chunks.append(message.get("body", b""))
+        if message.get("more_body"):
+            return
+        status, out = start["status"], error_body("this node's description is unavailable")
+        try:
+            data = json.loads(b"".join(chunks))
+        except ValueError:
+            data, status = None, 500
+        if status == 200 and isinstance(data, dict):
+            out = json.dumps({k: data[k] for k in keys if k in data}).encode()
+        elif status == 200:
+            status = 500
+        headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"content-length"]
+        await send({**start, "status": status, "headers": [*headers, (b"content-length", str(len(out)).encode())]})
+        await send({"type": "http.response.body", "body": out})
+
+    return reduced
 
 
 async def _send_error(send: Send, status: int, message: str, *, cors_origin: str | None = None) -> None:
