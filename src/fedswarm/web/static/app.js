@@ -52,8 +52,8 @@ async function restart() {
   route();
 }
 
-// After a sign-in, sign-out or delegate change: what the API's node says may differ (a
-// delegate describes its chain to signed-in callers only).
+// After a sign-in, sign-out or delegate change: what the API's node says may differ (before
+// sign-in a delegate describes its chain only, after it the whole node).
 async function refresh() {
   await restart();
   await renderWallet();

@@ -23,7 +23,8 @@ export async function settingsPage({ page }) {
   page("Settings", info, h("h2", {}, "API access"), form);
   try {
     const status = await api("/status", { local: true });
-    const node = state.ui.role === "client" ? state.node : null;
+    // A delegate that has not seen a sign-in yet describes its chain only (no balance, no backend).
+    const node = state.ui.role === "client" && state.node && state.node.address ? state.node : null;
     const c = state.chain;
     fill(info, h("h2", {}, "This node"), h("dl", { class: "facts", "data-testid": "node-facts" },
       fact("Role", status.role), fact("Peer ID", h("code", { class: "wrap" }, status.peer_id)),

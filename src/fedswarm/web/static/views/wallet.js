@@ -45,7 +45,8 @@ async function signIn() {
   await ensureChain();
   let ch;
   try { ch = await challenge(); } catch (exc) {
-    // A delegate tells its chain to signed-in callers only: learn it from the refusal.
+    // A delegate describes its chain to any page (GET /api/v1/node answers the `chain` block
+    // before sign-in), so ensureChain already switched; an older one only names it in this refusal.
     const m = exc.status === 400 && /chain (\d+)/.exec(exc.message);
     if (!m) throw exc;
     await wallet.switchChain({ ...state.chain, id: Number(m[1]) });
