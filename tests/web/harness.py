@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import mimetypes
+import socket
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -183,11 +184,21 @@ class MockNode:
         return [r for r in self.requests if r.method == method and urlsplit(r.url).path == path]
 
 
+def free_port() -> int:
+    """A loopback TCP port free right now (the client must know its API address before it
+    starts, to advertise it with ``--public-api``)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 @contextmanager
 def ui_network(root: Path, trainers: int) -> Iterator[dict[str, Any]]:
     """A devnet, a bootstrap, a client and ``trainers``+1 trainers (one standby) started with
-    the normal CLI, as `fedswarm demo` does; yields once the client sees every trainer online.
-    The client finds the devnet's topic log through FEDSWARM_DEVNET_HOME (the UI's audit view)."""
+    the normal CLI, as `fedswarm demo` does; yields once the client sees every trainer online
+    and the bootstrap lists the client's public API. The client is a delegate (``--public-api``
+    its own API URL): pages of the other nodes (every node serves the UI) may drive it. It
+    finds the devnet's topic log through FEDSWARM_DEVNET_HOME (the UI's audit view)."""
     from fedswarm.demo import DEFAULT_PRICE, bundled_dataset
     from fedswarm.devnet import Devnet
     from fedswarm.roles.launcher import NodeProcess, start_node, start_nodes
@@ -199,8 +210,10 @@ def ui_network(root: Path, trainers: int) -> Iterator[dict[str, Any]]:
         hb = ["--heartbeat", "0.5", "--peer-timeout", "3"]
         boot = start_node("bootstrap", root / "bootstrap", extra_args=hb)
         nodes.append(boot)
+        client_api = f"http://127.0.0.1:{free_port()}"
         specs: list[tuple[str, Path, dict[str, Any]]] = [
-            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb],
+            ("client", root / "client", {"bootstrap": boot.addr, "api": client_api.removeprefix("http://"),
+                                         "extra_args": [*dn, *hb, "--public-api", client_api],
                                          "env": {"FEDSWARM_DEVNET_HOME": str(root / "devnet")}})]
         for i in range(trainers + 1):
             specs.append(("trainer", root / f"trainer{i}", {"bootstrap": boot.addr, "extra_args": [
@@ -216,9 +229,13 @@ def ui_network(root: Path, trainers: int) -> Iterator[dict[str, Any]]:
             time.sleep(0.3)
         else:
             raise AssertionError("the client did not see every trainer within 60 s")
+        assert client.api == client_api, (client.api, client_api)
+        while client_api not in [c["api"] for c in httpx.get(f"{boot.api}/api/v1/clients", timeout=10).json()["clients"]]:
+            assert time.monotonic() < deadline + 30, "the bootstrap does not list the client's public API"
+            time.sleep(0.3)
         data, _, _ = bundled_dataset("breast_cancer", root)
-        yield {"client": client, "root": root, "dataset": data, "devnet": devnet,
-               "rpc": devnet.state["chain"]["rpc_url"]}
+        yield {"client": client, "bootstrap": boot, "trainers": started[1:], "root": root, "dataset": data,
+               "devnet": devnet, "rpc": devnet.state["chain"]["rpc_url"]}
     finally:
         for n in reversed(nodes):
             n.stop()

@@ -1,12 +1,18 @@
 """A wallet user end to end in Chromium: a real devnet, bootstrap, client and trainers, and an
 injected EIP-1193 wallet that forwards to anvil for a funded account that is not the node's.
 
+The user drives the client as a DELEGATE: the page is served by the bootstrap (another
+origin), the client (started with ``--public-api``) is picked on the network page, and every
+API call crosses origins with ``Authorization: Wallet <token>`` and CORS. Before sign-in the
+page learns the delegate's chain (the wallet, on another chain, is offered the switch).
 connect → sign in → upload (once, with the wallet-derived result key) → quote → the trainers
 bid → the wallet pays the node's funding call → rounds on the chart → the result downloaded,
 checked and decrypted in the browser (its sha256 is the recorded plaintext's) → the refund
 withdrawn to the wallet. On chain: the client node's balance moved by its gas only, the
-wallet's by exactly deposit - refund + its own gas. A second wallet sees 403 on the job, and
-no request of either page leaves 127.0.0.1. One job, 2 rounds, 2 trainers + 1 standby.
+wallet's by exactly deposit - refund + its own gas. Without the wallet token the delegate's
+job routes are unreadable from that page and changes are refused. A second wallet, signed in
+on the client's own page (same origin, its cookie), sees 403 on the job, and no request of
+either page leaves 127.0.0.1. One job, 2 rounds, 2 trainers + 1 standby.
 """
 
 from __future__ import annotations
@@ -61,7 +67,11 @@ def sent_by(url: str, address: str, first_block: int) -> tuple[int, int]:
     return fees, value
 
 
-def wallet_page(browser: Any, api: str, wallet: Wallet) -> Any:
+def wallet_page(browser: Any, api: str, wallet: Wallet, delegate: str | None = None) -> Any:
+    """A page of the node at ``api`` with ``wallet`` connected and signed in; with ``delegate``
+    the page first picks that client node on its network page and signs in there."""
+    from playwright.sync_api import expect
+
     ctx = browser.new_context(base_url=api, accept_downloads=True, viewport={"width": 1280, "height": 900})
     outside = guard_requests(ctx)  # anything but 127.0.0.1 is aborted and recorded
     install_wallet(ctx, wallet)
@@ -72,12 +82,23 @@ def wallet_page(browser: Any, api: str, wallet: Wallet) -> Any:
     page.on("console", lambda msg: print("browser console:", msg.type, msg.text) if msg.type in ("error", "warning") else None)
     page.set_default_timeout(30_000)
     page.goto("/")
+    if delegate is not None:
+        page.goto("/#/network")
+        page.get_by_test_id("delegate-select").select_option(delegate)
+        page.get_by_role("button", name="Use this delegate").click()
+        assert page.evaluate("localStorage.getItem('fedswarm.delegate')") == delegate
     page.get_by_role("button", name="Connect wallet").click()
+    if delegate is not None:
+        # The wallet is on another chain: the delegate told the page its chain before sign-in.
+        expect(page.get_by_role("button", name=re.compile(r"^Switch to devnet"))).to_be_visible()
     page.get_by_role("button", name="Sign in with wallet").click()
-    from playwright.sync_api import expect
-
     expect(page.get_by_test_id("session-address")).to_contain_text("signed in as")
     return page
+
+
+def wallet_token(page: Any, base: str) -> str:
+    """The wallet session token the page keeps for the API at ``base``."""
+    return str(page.evaluate("(k) => JSON.parse(sessionStorage.getItem(k)).token", f"fedswarm.wallet:{base}"))
 
 
 @pytest.mark.timeout(900)
@@ -93,8 +114,11 @@ def test_wallet_user_in_the_browser(browser: Any, network: dict[str, Any]) -> No
     first_block = int(rpc(url, "eth_blockNumber"), 16) + 1
     operator_before, user_before = balance(url, operator), balance(url, user)
 
-    wallet = Wallet(address=user, chain_id=chain_id, rpc_url=url)
-    page = wallet_page(browser, client.api, wallet)
+    boot = network["bootstrap"].api
+    assert boot != client.api
+    wallet = Wallet(address=user, chain_id=1, rpc_url=url)  # on mainnet's id: the page must switch it
+    page = wallet_page(browser, boot, wallet, delegate=client.api)
+    assert ("wallet_switchEthereumChain", [{"chainId": hex(chain_id)}]) in wallet.calls
     expect(page.get_by_test_id("wallet-network")).to_contain_text("devnet")
     expect(page.get_by_test_id("wallet-balance")).to_contain_text("ETH")
 
@@ -180,7 +204,31 @@ def test_wallet_user_in_the_browser(browser: Any, network: dict[str, Any]) -> No
     assert not page.errors, page.errors
     assert not page.outside, page.outside
 
-    # Another wallet: the job is not its to see.
+    # Through the delegate, the wallet's own list; without its token the bootstrap's page can
+    # read none of the delegate's job routes (no CORS answer), a wrong token is a 401, and a
+    # change from that origin is refused before it runs.
+    page.goto("/#/history")
+    expect(page.locator("[data-testid=history-table] tbody tr")).to_have_count(1)
+    expect(page.get_by_test_id("history-table")).to_contain_text(job_id)
+    probe = page.evaluate("""async ([base, id, token]) => {
+      const get = async (path, headers) => {
+        try { return (await fetch(base + path, {headers, credentials: 'omit', cache: 'no-store'})).status; }
+        catch (e) { return 'blocked'; }
+      };
+      const wallet = {Authorization: 'Wallet ' + token};
+      return {detail: await get('/api/v1/jobs/' + id, wallet), list: await get('/api/v1/jobs', wallet),
+              detailWithout: await get('/api/v1/jobs/' + id, {}), listWithout: await get('/api/v1/jobs', {}),
+              wrongToken: await get('/api/v1/jobs', {Authorization: 'Wallet nope'}),
+              chainWithout: await (await fetch(base + '/api/v1/node', {credentials: 'omit'})).json()};
+    }""", [client.api, job_id, wallet_token(page, client.api)])
+    assert probe["detail"] == probe["list"] == 200, probe
+    assert probe["detailWithout"] == probe["listWithout"] == "blocked" and probe["wrongToken"] == 401, probe
+    assert probe["chainWithout"] == {"chain": node["chain"]}, probe["chainWithout"]
+    r = httpx.post(f"{client.api}/api/v1/jobs/{job_id}/cancel", headers={"Origin": boot}, timeout=10)
+    assert r.status_code == 403 and "not allowed" in r.json()["error"], r.text
+    assert "access-control-allow-origin" not in r.headers
+
+    # Another wallet, on the client's own page (same origin): the job is not its to see.
     other = wallet_page(browser, client.api, Wallet(address=stranger, chain_id=chain_id, rpc_url=url))
     other.goto(f"/#/job/{job_id}")
     expect(other.get_by_test_id("job-load-error")).to_contain_text("belongs to another account")
