@@ -61,8 +61,13 @@ tools: $(TSTAMP) $(JSTAMP)
 demo: setup
 	$(BIN)/fedswarm demo
 
+# Then the liveness tests (marked serial) alone: their bounds (a node back in the mesh within
+# 10 s, say) measure the product, not how busy the other workers keep the 2 cores.
+# Exit status 5 is "no test selected" (PYTEST_ARGS naming other tests).
 test: setup
-	$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup $(PYTEST_ARGS)
+	@$(BIN)/pytest -n $(TEST_JOBS) --dist loadgroup -m "not serial" $(PYTEST_ARGS); a=$$?; \
+	$(BIN)/pytest -m serial $(PYTEST_ARGS); b=$$?; \
+	{ [ $$a = 0 ] || [ $$a = 5 ]; } && { [ $$b = 0 ] || [ $$b = 5 ]; }
 
 test-fast: setup
 	$(BIN)/pytest -m "not slow" $(PYTEST_ARGS)

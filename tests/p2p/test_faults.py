@@ -12,7 +12,7 @@ from conftest import HEARTBEAT, Swarm, bootmesh_roles, trainer_online, wait_for
 from fedswarm.p2p.presence import drop_after
 from fedswarm.roles.launcher import start_node
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.serial]
 TIMEOUT = 3.0  # --peer-timeout given to every node in conftest
 DROP_S = drop_after(TIMEOUT)  # a connected peer silent this long loses its connections
 
@@ -63,7 +63,9 @@ def test_kill9_and_sigstop(fresh_swarm: Swarm) -> None:
         os.kill(frozen.popen.pid, signal.SIGCONT)
     t_cont = time.monotonic()
     for obs in observers:
-        wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 10, what="thawed trainer back")
+        # A thawed node first reads what its sockets held, so it may count the bootstrap as heard
+        # and redial only after its silence rule (max(10 s, 3 peer timeouts)) plus a dial.
+        wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 20, what="thawed trainer back")
     wait_for(lambda: frozen.peer_id in boot.command("peers")["peers"] and frozen.peer_id in _mesh_peers(boot), 15,
              what="thawed trainer back in the bootstrap's connections and mesh")
     print(f"\nSIGSTOP: connections closed {t_dropped:.1f} s after the stop (bound {DROP_S:.0f} s); "
