@@ -12,9 +12,13 @@ import json
 import os
 import selectors
 import shutil
+import signal
 import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
+from socketserver import BaseServer
 from typing import Any
 
 from fedswarm.config import DEFAULT_ROOT, load_settings
@@ -99,3 +103,22 @@ def spawn_announcing(argv: list[str], log_path: Path, what: str, timeout: float 
     sel.close()
     proc.stdout.close()  # the service prints nothing else on stdout
     return proc, json.loads(line.decode())
+
+
+def serve_announcing(server: BaseServer, info: dict[str, Any]) -> int:
+    """The other half of :func:`spawn_announcing`, in the service process: print ``info`` as
+    one JSON line on stdout, then serve until SIGTERM or SIGINT. Returns the exit status."""
+
+    def _stop(signum: int, frame: object) -> None:
+        # shutdown() blocks until serve_forever returns, so call it from another thread.
+        threading.Thread(target=server.shutdown, daemon=True).start()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    sys.stdout.write(json.dumps(info) + "\n")
+    sys.stdout.flush()
+    try:
+        server.serve_forever(poll_interval=0.2)
+    finally:
+        server.server_close()
+    return 0

@@ -40,11 +40,9 @@ import json
 import logging
 import queue
 import re
-import signal
 import sqlite3
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -73,7 +71,7 @@ from fedswarm.ledger.runninghash import RUNNING_HASH_VERSION, ZERO_HASH, EntityI
 from fedswarm.ledger.topickeys import KeySpec, decode_key, encode_key, is_satisfied
 from fedswarm.ledger.verify import format_timestamp
 from fedswarm.protocol.decode import DecodeError, decode_object
-from fedswarm.tools import spawn_announcing
+from fedswarm.tools import serve_announcing, spawn_announcing
 
 log = logging.getLogger("fedswarm.ledger.auditserver")
 
@@ -554,22 +552,9 @@ def main(argv: list[str] | None = None) -> int:
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     server = make_server(Path(args.db), args.host, args.port)
     host, port = server.server_address[:2]
-
-    def _stop(signum: int, frame: Any) -> None:
-        # shutdown() blocks until serve_forever returns, so call it from another thread.
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
     url = f"http://{host}:{port}"
-    sys.stdout.write(json.dumps({"audit": {"url": url, "db": str(Path(args.db).resolve())}}) + "\n")
-    sys.stdout.flush()
     log.info("audit topic log serving on %s (db %s)", url, args.db)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-    return 0
+    return serve_announcing(server, {"audit": {"url": url, "db": str(Path(args.db).resolve())}})
 
 
 if __name__ == "__main__":

@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import signal
 import subprocess
 import sys
 import threading
@@ -51,7 +50,7 @@ from eth_utils import keccak, to_checksum_address
 from hexbytes import HexBytes
 
 from fedswarm.ledger.hedera import WEIBAR_PER_TINYBAR
-from fedswarm.tools import spawn_announcing
+from fedswarm.tools import serve_announcing, spawn_announcing
 
 log = logging.getLogger(__name__)
 
@@ -409,19 +408,8 @@ def main(argv: list[str] | None = None) -> int:
     relay.prepare()
     server = make_server(relay, args.host, args.port)
     host, port = server.server_address[:2]
-
-    def _stop(signum: int, frame: Any) -> None:
-        threading.Thread(target=server.shutdown, daemon=True).start()
-
-    signal.signal(signal.SIGTERM, _stop)
-    signal.signal(signal.SIGINT, _stop)
-    print(json.dumps({"rpc_url": f"http://{host}:{port}", "upstream": args.upstream,
-                      "gas_price_weibar": relay.gas_price_weibar}), flush=True)
-    try:
-        server.serve_forever(poll_interval=0.2)
-    finally:
-        server.server_close()
-    return 0
+    return serve_announcing(server, {"rpc_url": f"http://{host}:{port}", "upstream": args.upstream,
+                                     "gas_price_weibar": relay.gas_price_weibar})
 
 
 if __name__ == "__main__":
