@@ -139,11 +139,10 @@ def _call(method: str, url: str, args: argparse.Namespace, **kw: Any) -> Any:
     except httpx.HTTPError as exc:
         raise ConfigError(f"cannot reach the client node at {url}: {exc}") from None
     if r.status_code >= 400:
-        try:
-            msg = r.json().get("error") or r.text
-        except ValueError:
-            msg = r.text
-        raise ConfigError(f"{msg}")
+        # imported here: the demo package is heavy, and most calls succeed
+        from fedswarm.demo.wallet_user import error_text
+
+        raise ConfigError(error_text(r))
     return r
 
 

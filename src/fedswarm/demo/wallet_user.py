@@ -21,6 +21,15 @@ from fedswarm import wallet_envelope
 from fedswarm.config import ConfigError
 
 
+def error_text(r: httpx.Response) -> str:
+    """The one-line error a node's API answered (its ``{"error": ...}``, else the body)."""
+    try:
+        body = r.json()
+    except ValueError:
+        return r.text
+    return str(body.get("error") or r.text) if isinstance(body, dict) else r.text
+
+
 class WalletUser:
     """One wallet (``key``) signed in at one node API (``base``)."""
 
@@ -46,11 +55,7 @@ class WalletUser:
         except httpx.HTTPError as exc:
             raise ConfigError(f"cannot reach the node at {self.base}: {exc}") from None
         if r.status_code not in ok:
-            try:
-                msg = r.json().get("error") or r.text
-            except ValueError:
-                msg = r.text
-            raise ConfigError(f"{method} {path}: {r.status_code} {str(msg)[:300]}")
+            raise ConfigError(f"{method} {path}: {r.status_code} {error_text(r)[:300]}")
         return r
 
     def node(self) -> dict[str, Any]:
