@@ -65,11 +65,36 @@ def test_kill9_and_sigstop(fresh_swarm: Swarm) -> None:
     for obs in observers:
         # A thawed node first reads what its sockets held, so it may count the bootstrap as heard
         # and redial only after its silence rule (max(10 s, 3 peer timeouts)) plus a dial.
-        wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 20, what="thawed trainer back")
+        try:
+            wait_for(lambda obs=obs: trainer_online(obs, frozen.peer_id) is True, 20,
+                     what=f"thawed trainer back in the {obs.role}'s directory")
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}; pubsub per node: {_pubsub_views(s, frozen.peer_id)}") from None
     wait_for(lambda: frozen.peer_id in boot.command("peers")["peers"] and frozen.peer_id in _mesh_peers(boot), 15,
              what="thawed trainer back in the bootstrap's connections and mesh")
     print(f"\nSIGSTOP: connections closed {t_dropped:.1f} s after the stop (bound {DROP_S:.0f} s); "
           f"back in the bootstrap's mesh {time.monotonic() - t_cont:.1f} s after SIGCONT")
+
+
+def _pubsub_views(s: Swarm, frozen: str) -> dict[str, object]:
+    """Each node's pubsub view of its peers, and the frozen trainer's directory rows (for
+    failure messages)."""
+    import httpx
+
+    out: dict[str, object] = {}
+    for node in s.nodes:
+        try:
+            status = httpx.get(f"{node.api}/status", timeout=5).json()
+            rows = httpx.get(f"{node.api}/api/v1/peers", timeout=5).json()["directory"]
+        except httpx.HTTPError as exc:
+            out[node.role + node.peer_id[-4:]] = repr(exc)
+            continue
+        out[f"{node.role}-{node.peer_id[-4:]}"] = {
+            "peers": {p[-4:]: v for p, v in status["gossip"].get("peers", {}).items()},
+            "stats": {k: v for k, v in status["stats"].items() if "drop" in k or "reset" in k or "stuck" in k
+                      or "duplicate_conn" in k or "dials" in k},
+            "frozen_row": [r for r in rows if r["peer_id"] == frozen]}
+    return out
 
 
 def _mesh_peers(node) -> set[str]:  # type: ignore[no-untyped-def]

@@ -135,3 +135,47 @@ def test_a_stalled_heartbeat_is_noticed_and_the_cache_aged() -> None:
     # A heartbeat again: no longer stalled.
     router.mcache.shift()
     assert not health.check() and health.heartbeats == 2
+
+
+async def test_a_dead_pubsub_stream_keeps_a_connected_peers_subscriptions(tmp_path: Path) -> None:
+    # py-libp2p, when a write on its pubsub stream to a peer fails while the peer stays
+    # connected, opens a new stream but forgets what the peer joined (that came once, on the
+    # peer's own stream, which lives on): it never forwarded to that peer again. Seen after a
+    # redial left two connections and one died: a bootstrap's summary lost a node.
+    async with trio.open_nursery() as nursery:
+        boot = Node(load_identity(tmp_path / "boot"), Role.BOOTSTRAP, heartbeat_interval=0.5)
+        await nursery.start(boot.serve)
+        listener = Node(load_identity(tmp_path / "listener"), Role.CLIENT, bootstrap=[boot.addrs[0]],
+                        heartbeat_interval=0.5)
+        await nursery.start(listener.serve)
+        got: list[str] = []
+
+        async def on_chat(sender: str, msg: Any) -> None:
+            got.append(msg.text)
+
+        await listener.subscribe(TOPIC, on_chat)
+        lid = listener.host.get_id()
+
+        def grafted() -> bool:
+            return lid in boot.pubsub.peer_topics.get(TOPIC, ()) and lid in boot.pubsub.router.mesh.get(TOPIC, ())
+
+        await boot.subscribe(TOPIC, on_chat)
+        await _wait(grafted, 15, "the listener in the bootstrap's mesh")
+        await boot.publish(TOPIC, Chat(text="before"))
+        await _wait(lambda: "before" in got, 10, "the first message")
+
+        # Execute: our stream to the listener dies; the connection stays.
+        old = boot.pubsub.peers[lid]
+        await old.reset()
+        await boot.publish(TOPIC, Chat(text="into the dead stream"))  # the write that fails
+        await _wait(lambda: boot.pubsub.peers.get(lid) not in (None, old), 10, "a new stream to the listener")
+        assert listener.peer_id in boot.connected_peers()
+
+        # Assert: the listener's subscription is kept, it is grafted again, and it hears us.
+        await _wait(grafted, 5, "the listener grafted again")
+        await boot.publish(TOPIC, Chat(text="after"))
+        await _wait(lambda: "after" in got, 10, "a message after the stream died")
+        assert boot.stats["pubsub_subscriptions_kept"] >= 1
+        view = boot.gossip_status()["peers"][listener.peer_id]
+        assert view["stream"] and TOPIC in view["topics"] and TOPIC in view["mesh"], view
+        nursery.cancel_scope.cancel()

@@ -1,4 +1,5 @@
-"""Watches py-libp2p's gossipsub heartbeat and keeps its message cache aged.
+"""Repairs for py-libp2p's gossipsub: a watched heartbeat that keeps the message cache aged,
+and subscriptions kept while a peer stays connected (:func:`keep_subscriptions_while_connected`).
 
 Gossipsub's heartbeat maintains the mesh and shifts the message cache (``mcache``) once per
 interval. The cache's *window* (its newest ``gossip_window`` slots) is what a new subscriber is
@@ -123,4 +124,37 @@ class GossipHealth:
         }
 
 
-__all__ = ["GossipHealth"]
+def keep_subscriptions_while_connected(pubsub: Any, stats: collections.Counter[str]) -> None:
+    """Make py-libp2p's pubsub keep what a peer subscribed to while the peer stays connected.
+
+    When a write on our pubsub stream to a peer fails, py-libp2p 0.8.1 (``_handle_dead_peer``)
+    forgets every topic the peer joined and, if the peer is still connected on another
+    connection, opens a new stream and sends *our* subscriptions again. The peer's subscriptions
+    came once, in the hello on *its* stream to us, which is still alive: they never come back.
+    From then on we believe it joined nothing: we never graft it, never forward or fan out a
+    message to it, and it hears nothing from us (a bootstrap's summary lost a node until a
+    silence rule closed the connection, 10-20 s). It happens whenever a peer has two
+    connections and one dies: a redial after a blackholed link, a simultaneous dial, our own
+    duplicate pruning. Wrapped on this instance only: when the peer is still connected
+    afterwards, its subscriptions are put back (it did not leave any topic, and an unsubscribe
+    it sends later still arrives on its stream). A peer with no connection left is forgotten
+    as before."""
+    original = pubsub._handle_dead_peer
+
+    def handle_dead_peer(peer_id: Any) -> None:
+        topics = [t for t, peers in pubsub.peer_topics.items() if peer_id in peers]
+        count = pubsub._peer_subscription_count.get(peer_id)
+        original(peer_id)
+        if not topics or not pubsub._peer_is_connected(peer_id):
+            return
+        for topic in topics:
+            pubsub.peer_topics.setdefault(topic, set()).add(peer_id)
+        if count is not None:
+            pubsub._peer_subscription_count[peer_id] = count
+        stats["pubsub_subscriptions_kept"] += 1
+        log.debug("pubsub stream to %s died while it stays connected: kept its %d topics", peer_id, len(topics))
+
+    pubsub._handle_dead_peer = handle_dead_peer
+
+
+__all__ = ["GossipHealth", "keep_subscriptions_while_connected"]

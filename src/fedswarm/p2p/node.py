@@ -31,7 +31,7 @@ from fedswarm.identity import Identity
 from fedswarm.p2p.directory import Directory
 from fedswarm.p2p.framing import FrameError, FrameReader, write_message
 from fedswarm.p2p.gate import Gate, resource_manager
-from fedswarm.p2p.gossip_health import GossipHealth
+from fedswarm.p2p.gossip_health import GossipHealth, keep_subscriptions_while_connected
 from fedswarm.p2p.limits import LimitsConfig, PeerLimits
 from fedswarm.p2p.presence import Presence, SilenceWatch, drop_after
 from fedswarm.p2p.rpc import Rejected, RpcError, RpcHandler, RpcServer
@@ -212,6 +212,7 @@ class Node(Presence):
         )
         pubsub = Pubsub(host, gossipsub, strict_signing=True)
         self.gossip_health.attach(gossipsub)
+        keep_subscriptions_while_connected(pubsub, self.stats)
         self.gate.guard_pubsub(host, pubsub, gossipsub.get_protocols())
         return host, pubsub, gossipsub
 
@@ -342,17 +343,6 @@ class Node(Presence):
             with contextlib.suppress(Exception):
                 await conn.muxed_conn.close()
 
-    async def _drop_connections(self, peer_id: str) -> None:
-        from libp2p.peer.id import ID
-
-        try:
-            pid = ID.from_base58(peer_id)
-            with trio.move_on_after(2):
-                await self.host.get_network().close_peer(pid)
-            self.host.get_network().unblock_peer(pid)
-        except Exception as exc:
-            log.debug("dropping connections to %s failed: %r", peer_id, exc)
-
     def remember_addrs(self, peer_id: str, addrs: list[str] | None = None) -> None:
         """Put ``peer_id``'s addresses (from the directory, plus ``addrs`` it gave us itself)
         in the peerstore so that a dial finds them. Addresses of another peer are ignored."""
@@ -421,7 +411,33 @@ class Node(Presence):
     def gossip_status(self) -> dict[str, object]:
         """Gossipsub's heartbeat (count, age, interval) and, per joined topic, the replay
         window and mesh size: the ``gossip`` part of ``/status``."""
-        return self.gossip_health.status(self.topics)
+        out = self.gossip_health.status(self.topics)
+        if self.pubsub is not None and self.host is not None:
+            out["peers"] = self._pubsub_peer_view()
+        return out
+
+    def _pubsub_peer_view(self) -> dict[str, dict[str, object]]:
+        """Per connected peer, what pubsub holds of it: its connections, whether we have an
+        outbound pubsub stream to it, the topics we believe it joined, the meshes it is in, and
+        its outbound queue. (A connected peer with no stream or no topics hears nothing from
+        us, and we ignore what it publishes on topics we think it left.)"""
+        conns = self.host.get_network().get_connections_map()
+        router = self.pubsub.router
+        out: dict[str, dict[str, object]] = {}
+        for pid, cs in conns.items():
+            queue = self.pubsub.peer_queues.get(pid)
+            stream = self.pubsub.peers.get(pid)
+            out[pid.to_base58()] = {
+                "connections": len(cs),
+                "stream": stream is not None,
+                # False: the stream lives on a connection that is no longer ours (it hangs).
+                "stream_on_a_connection": stream is not None and any(
+                    getattr(stream, "muxed_conn", None) is c.muxed_conn for c in cs),
+                "topics": sorted(t for t, ps in self.pubsub.peer_topics.items() if pid in ps),
+                "mesh": sorted(t for t, ps in getattr(router, "mesh", {}).items() if pid in ps),
+                "queue": len(queue) if queue is not None else None,
+            }
+        return out
 
     async def _drain(self, topic: str, sub: Any) -> None:
         # Every subscription is drained (a full 32-entry channel makes gossipsub drop).

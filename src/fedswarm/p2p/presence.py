@@ -23,6 +23,7 @@ import trio
 from fedswarm.p2p.directory import Directory, keeps_link
 from fedswarm.p2p.limits import PeerLimits
 from fedswarm.p2p.rpc import RpcError
+from fedswarm.p2p.teardown import close_connection
 from fedswarm.protocol.messages import (
     Capabilities,
     Heartbeat,
@@ -94,6 +95,7 @@ class Presence:
     peer_id: str
     role: Role
     host: Any
+    pubsub: Any
     capabilities: Capabilities | None
     price_wei: int | None
     api_addr: str | None
@@ -124,7 +126,6 @@ class Presence:
         async def request(self, peer_id: str, msg: WireModel, blob: bytes | None = None, *,
                           timeout: float | None = None,
                           expect: tuple[type[WireModel], ...] | None = None) -> tuple[WireModel, bytes | None]: ...
-        async def _drop_connections(self, peer_id: str) -> None: ...
 
     def heartbeat(self) -> Heartbeat:
         self._hb_seq += 1
@@ -234,6 +235,7 @@ class Presence:
                 if self.peer_id < rec.peer_id:
                     targets.setdefault(rec.peer_id, []).extend(rec.addrs)
             await self._prune_duplicate_connections()
+            self._repair_pubsub_streams()
             await self._reset_silent_bootstrap_link()
             await self._drop_silent_peers()
             connected = set(self.connected_peers())
@@ -307,11 +309,58 @@ class Presence:
             for conn in conns:
                 if conn is not newest:
                     self.stats["duplicate_connections_closed"] += 1
-                    with trio.move_on_after(2):
-                        try:
-                            await conn.close()
-                        except Exception as exc:
-                            log.debug("closing a duplicate connection to %s failed: %r", pid, exc)
+                    if await close_connection(conn):
+                        self.stats["connections_aborted"] += 1
+
+    async def _drop_connections(self, peer_id: str) -> None:
+        """Close every connection to ``peer_id`` (aborting those a dead link keeps from closing
+        gracefully: :func:`~fedswarm.p2p.teardown.close_connection`), so that it leaves our
+        gossipsub mesh and either side can dial afresh."""
+        from libp2p.peer.id import ID
+
+        try:
+            pid = ID.from_base58(peer_id)
+            network = self.host.get_network()
+            conns = list(network.get_connections(pid))
+            aborted = [False] * len(conns)
+
+            async def close(i: int) -> None:
+                aborted[i] = await close_connection(conns[i])
+
+            async with trio.open_nursery() as n:
+                for i in range(len(conns)):
+                    n.start_soon(close, i)
+            self.stats["connections_aborted"] += sum(aborted)
+            network.unblock_peer(pid)
+        except Exception as exc:
+            log.debug("dropping connections to %s failed: %r", peer_id, exc)
+        self._repair_pubsub_streams()
+
+    def _repair_pubsub_streams(self) -> None:
+        """Give up pubsub streams that live on a connection we no longer have.
+
+        py-libp2p opens one pubsub stream per peer and, while it has one, opens no other: a
+        stream left on a connection that died without pubsub being told (a close cut short)
+        would carry every later gossip message to that peer into a dead socket, even after the
+        peer reconnected. Such a stream is dropped the way py-libp2p drops a failed one, which
+        opens a new stream on a live connection when there is one."""
+        if self.pubsub is None or self.host is None:
+            return
+        try:
+            conns = self.host.get_network().get_connections_map()
+        except Exception:
+            return
+        for pid, stream in list(self.pubsub.peers.items()):
+            muxed = getattr(stream, "muxed_conn", None)
+            live = [c.muxed_conn for c in conns.get(pid, ()) if not getattr(c.muxed_conn, "is_closed", False)]
+            if muxed is not None and any(m is muxed for m in live):
+                continue
+            self.stats["pubsub_streams_repaired"] += 1
+            log.info("pubsub stream to %s is on a connection that is gone: opening a new one", pid)
+            try:
+                self.pubsub._handle_dead_peer(pid)
+            except Exception as exc:
+                log.debug("dropping the stale pubsub stream to %s failed: %r", pid, exc)
 
     async def _dial(self, peer_id: str, addrs: list[str]) -> None:
         from libp2p.peer.id import ID
