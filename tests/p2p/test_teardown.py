@@ -90,6 +90,9 @@ async def test_a_connection_whose_close_blocks_is_aborted_and_redialled(tmp_path
         [new] = client.host.get_network().get_connections(boot.host.get_id())
         assert new is not conn
         assert client.pubsub.peers[boot.host.get_id()].muxed_conn is new.muxed_conn
+        # An abort is ours, not the peer's fault: nobody counts it as bad input.
+        assert not [k for k in (*boot.limits.counters, *client.limits.counters) if k.startswith("gossip_")], (
+            boot.limits.counters, client.limits.counters)
         nursery.cancel_scope.cancel()
 
 
