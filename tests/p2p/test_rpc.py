@@ -60,8 +60,8 @@ async def test_hostile_input_keeps_nodes_serving(tmp_path, swarm: Swarm) -> None
     # 1) random bytes and an oversized garbage stream straight at the TCP port
     host, port = target.addr.split("/")[2], int(target.addr.split("/")[4])
     for junk in (os.urandom(4096), b"\x13/multistream/1.0.0\n" + os.urandom(1 << 16), b""):
-        with socket.create_connection((host, port), timeout=5) as s:
-            s.sendall(junk)
+        with socket.create_connection((host, port), timeout=5) as s, contextlib.suppress(OSError):
+            s.sendall(junk)  # the node may reset the connection before it has read it all
 
     async with trio.open_nursery() as nursery:
         node = await _probe_node(tmp_path, swarm, nursery)
