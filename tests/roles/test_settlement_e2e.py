@@ -70,7 +70,8 @@ class Swarm:
         return job_books(self.escrow(), bytes.fromhex(job["escrow"]["job_key"]))
 
 
-def _start(root: Path, trainers: int, client_fault: str | None = None, hedera_units: bool = False) -> Swarm:
+def _start(root: Path, trainers: int, client_fault: str | None = None, hedera_units: bool = False,
+           client_env: dict[str, str] | None = None) -> Swarm:
     devnet = Devnet.start(root / "devnet", block_time=0, hedera_units=hedera_units)
     nodes: list[NodeProcess] = []
     try:
@@ -80,7 +81,8 @@ def _start(root: Path, trainers: int, client_fault: str | None = None, hedera_un
         nodes.append(boot)
         fault = {"fault": client_fault} if client_fault else {}
         specs: list[tuple[str, Path, dict[str, Any]]] = [
-            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb], **fault})]
+            ("client", root / "client", {"bootstrap": boot.addr, "extra_args": [*dn, *hb], "env": client_env,
+                                         **fault})]
         for i in range(trainers):
             specs.append(("trainer", root / f"trainer{i}", {
                 "bootstrap": boot.addr,
@@ -100,8 +102,9 @@ def _start(root: Path, trainers: int, client_fault: str | None = None, hedera_un
 def swarm_factory(tmp_path: Path) -> Iterator[Any]:
     made: list[Swarm] = []
 
-    def make(trainers: int, client_fault: str | None = None, hedera_units: bool = False) -> Swarm:
-        s = _start(tmp_path, trainers, client_fault, hedera_units)
+    def make(trainers: int, client_fault: str | None = None, hedera_units: bool = False,
+             client_env: dict[str, str] | None = None) -> Swarm:
+        s = _start(tmp_path, trainers, client_fault, hedera_units, client_env)
         made.append(s)
         return s
 
@@ -326,3 +329,38 @@ def _client_records(home: Path, job_id: str) -> list[dict[str, Any]]:
         return [json.loads(r[0]) for r in conn.execute("SELECT body FROM units WHERE job_id = ?", (job_id,))]
     finally:
         conn.close()
+
+
+def test_a_wallet_that_pays_after_its_window_gets_all_of_it_back(swarm_factory: Any) -> None:
+    # A wallet sends the quoted funding call after the payment window closed (the contract
+    # knows nothing of the window): the node, whose job failed unpaid, finds it funded,
+    # cancels it, and the release returns everything to the wallet's balance in the escrow.
+    import secrets
+
+    from fedswarm.demo.wallet_user import WalletUser
+    from fedswarm.devnet.services import fund_address
+
+    s = swarm_factory(2, client_env={"FEDSWARM_PAYMENT_WINDOW_S": "4"})
+    user = WalletUser(s.client.api, "0x" + secrets.token_hex(32))
+    fund_address(s.devnet.state, user.address, 10**19)
+    user.sign_in()
+    data, label, example = bundled_dataset("breast_cancer", s.root)
+    terms = {"rounds": 2, "trainers": 2, "standby": 0, "label": label, "round_deadline_s": 60.0,
+             "price_cap_wei": 10**16, "settle_window_s": SETTLE_S,
+             "claim_window_s": int(s.devnet.state["chain"]["escrow_v2_min_claim_window"])}
+    job_id = user.submit(data, terms, example)
+    funding = user.wait_funding(job_id)
+    job = s.wait(job_id, lambda j: j["state"] == "failed", timeout=60, what="the window to close unpaid")
+    assert "not paid in time" in job["error"]
+
+    user.pay(job_id, funding, s.devnet.state["chain"]["rpc_url"])  # late
+    key = bytes.fromhex(funding["job_key"][2:])
+    assert s.escrow().job(key).status == JobStatusV2.OPEN  # the chain took it
+
+    job = s.wait(job_id, lambda j: j["escrow"]["released"], timeout=180, what="the late payment cancelled and released")
+    assert job["state"] == "failed" and "cancel" in job["escrow"]["transactions"], job["escrow"]
+    assert any("after the payment window closed: cancelling" in e["msg"] for e in job["events"]), job["events"]
+    books = job_books(s.escrow(), key)
+    assert books.released and books.balanced and books.paid == 0
+    assert books.refunded == books.deposited == int(funding["total_wei"]), books.as_dict()
+    assert s.escrow().pending(user.address) == books.deposited  # the wallet's to withdraw

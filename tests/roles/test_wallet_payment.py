@@ -19,7 +19,7 @@ from fedswarm.ledger.escrow import job_key_of
 from fedswarm.ledger.escrow_types import V2_CONTRACT_NAME, JobStatusV2, JobView, Registration
 from fedswarm.ledger.hedera import ValueUnits
 from fedswarm.roles.client.bidding import fund_trainers
-from fedswarm.roles.client.payment import Payment
+from fedswarm.roles.client.payment import MAX_LATE_WATCHED, LateFunding, Payment, late_watched
 from fedswarm.roles.client.records import JobRecord, JobTerms
 from fedswarm.roles.client.services import JobFailed
 
@@ -76,7 +76,8 @@ def make() -> tuple[Payment, FakeEscrow, JobRecord]:
         events.append(str(entry))
 
     svc = SimpleNamespace(escrow=escrow, db=FakeDB(), identity=SimpleNamespace(address=NODE),
-                          event=lambda job, text: job.events.append({"msg": text}), audit_entry=audit_entry)
+                          event=lambda job, text: job.events.append({"msg": text}), audit_entry=audit_entry,
+                          job=lambda job_id: job)
     job = JobRecord(job_id="job-w", terms=JobTerms(rounds=2, trainers=1, standby=1), model={}, dataset_path="/x",
                     owner=WALLET, chosen=[{"peer_id": "p1", "address": T1, "price_wei": 1000}],
                     standby=[{"peer_id": "p2", "address": T2, "price_wei": 1500}])
@@ -161,3 +162,52 @@ async def test_funded_as_quoted_is_escrowed() -> None:
     assert job.state == "escrowed" and job.payer == WALLET and job.operator == NODE
     assert job.job_key == job.funding["job_key"][2:] and job.escrow_tx == job.funding_tx_hint
     assert job.deposited_wei == int(job.funding["total_wei"])
+
+
+async def test_a_window_that_closes_unpaid_is_watched_until_the_deadline() -> None:
+    pay, escrow, job = make()
+    await pay.request(job)
+    assert job.funding is not None
+    job.funding["expires_at"] = int(time.time()) - 1
+    with pytest.raises(JobFailed, match="cancelled by this node"):
+        await pay.wait(job, lambda _: False)
+    assert job.funding["late_watch_until"] == job.funding["deadline"]
+    job.state = "failed"
+    assert late_watched([job], time.time()) == [job]
+    assert late_watched([job], job.funding["deadline"] + 1) == []  # past the deadline: release does it
+    funded = job.model_copy(update={"job_id": "other", "job_key": "ab" * 32})
+    assert late_watched([funded, job.model_copy(update={"state": "awaiting-payment"})], time.time()) == []
+    many = [job.model_copy(update={"job_id": f"j{i}", "funding": {**job.funding, "expires_at": i}})
+            for i in range(MAX_LATE_WATCHED + 5)]
+    picked = late_watched(many, time.time())
+    assert len(picked) == MAX_LATE_WATCHED and picked[0].job_id == f"j{MAX_LATE_WATCHED + 4}"  # newest first
+
+
+async def test_a_late_payment_is_handed_over_for_cancelling() -> None:
+    pay, escrow, job = make()
+    await pay.request(job)
+    assert job.funding is not None
+    job.state, job.funding["late_watch_until"] = "failed", int(job.funding["deadline"])
+    late: list[JobRecord] = []
+    watch = LateFunding(pay.svc, late.append)
+    # nothing on chain yet: still watched
+    assert not await watch.check(job) and late == [] and job.job_key is None
+    assert late_watched([job], time.time()) == [job]
+    # funded late with this node as operator: the key becomes the job's, the settler cancels it
+    total = int(job.funding["total_wei"])
+    escrow.view = _view(total)
+    assert await watch.check(job)
+    assert late == [job] and job.job_key == job.funding["job_key"][2:] and job.payer == WALLET
+    assert job.deposited_wei == total and job.funding["late_watch_until"] == 0
+    assert "after the payment window closed: cancelling" in job.events[-1]["msg"]
+    assert late_watched([job], time.time()) == []
+    # funded late naming another operator: not this node's to cancel, watched no more
+    pay, escrow, job = make()
+    await pay.request(job)
+    assert job.funding is not None
+    job.state, job.funding["late_watch_until"] = "failed", int(job.funding["deadline"])
+    escrow.view = _view(total, operator=WALLET)
+    late.clear()
+    assert not await LateFunding(pay.svc, late.append).check(job)
+    assert late == [] and job.job_key is None and job.funding["late_watch_until"] == 0
+    assert "the payer can cancel it" in job.events[-1]["msg"]

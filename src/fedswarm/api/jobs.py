@@ -259,10 +259,13 @@ def job_parts(role: ClientRole) -> RoleParts:
     @router.post("/jobs/{job_id}/funding")
     async def job_funding_hint(job_id: str, request: Request) -> dict[str, Any]:
         """The wallet's funding transaction hash (a hint: the node checks the chain itself)."""
-        job = get_job(job_id, request)
+        get_job(job_id, request)  # exists and is the caller's
         tx = (await read_json(request, what="funding hint")).get("tx_hash")
         if not isinstance(tx, str) or len(tx) != 66 or not tx.startswith("0x"):
             raise ApiError("send {\"tx_hash\": \"0x...\"} (32 bytes)")
+        # Read again after the await: the driver may have written the job meanwhile (a late
+        # payment found, say), and writing back an older copy would undo that.
+        job = get_job(job_id, request)
         if job.funding is None:
             raise ApiError(f"job {job_id} is not waiting for a wallet's payment", 409)
         job.funding_tx_hint = tx

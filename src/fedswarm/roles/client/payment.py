@@ -9,6 +9,13 @@ open there with exactly those terms, and the job proceeds as a node-funded one. 
 chain before ``expires_at`` (``FEDSWARM_PAYMENT_WINDOW_S``, default 15 min): the job fails and
 nothing needs refunding. Funded with other terms: the job fails and, when this node is the
 operator, is cancelled through the settler so the payer's money returns.
+
+A wallet can still send the funding call after the window closed (a transaction signed late or
+mined late: the contract knows nothing of the window). :meth:`Payment.watch_late` keeps looking
+at such jobs' keys until their chain deadline; a job found funded with this node as operator is
+cancelled through the settler, so the payer's money comes back at once (what is reserved for
+the registered trainers at release, after the settle and claim windows) instead of at the
+deadline.
 """
 
 from __future__ import annotations
@@ -16,7 +23,7 @@ from __future__ import annotations
 import os
 import secrets
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 
 import trio
 from eth_utils import to_checksum_address
@@ -25,10 +32,12 @@ from fedswarm.ledger.escrow import JobStatusV2, JobView, job_key_of
 from fedswarm.ledger.escrow import JobTerms as ChainTerms
 from fedswarm.ledger.escrow import TrainerTerms as ChainTrainer
 from fedswarm.roles.client.records import NODE_OWNER, JobRecord
-from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread
+from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread, log
 
 DEFAULT_PAYMENT_WINDOW_S = 15 * 60
 POLL_S = 1.0
+LATE_POLL_S = 10.0  # how often the keys of jobs whose window closed unpaid are looked at
+MAX_LATE_WATCHED = 64  # the most recent ones: a flood of unpaid quotes costs bounded chain reads
 
 
 def payment_window_s() -> int:
@@ -120,8 +129,12 @@ class Payment:
             if cancelled(job.job_id):
                 return
             if time.time() > int(funding["expires_at"]):
+                # Watched until the chain deadline: a late payment is cancelled (watch_late).
+                funding["late_watch_until"] = int(str(funding["deadline"]))
+                svc.db.put_job(job)
                 raise JobFailed("not paid in time: the wallet did not fund the escrow before the payment "
-                                "window closed (nothing was escrowed, nothing to refund)")
+                                "window closed (nothing was escrowed; a payment that still arrives is "
+                                "cancelled by this node and returns to the wallet)")
             await trio.sleep(POLL_S)
         registered = {}
         for t in funding["trainers"]:
@@ -151,3 +164,60 @@ class Payment:
         svc.db.put_job(job)
         await svc.audit_entry(job, {"state": "escrowed", "wei": view.escrow, "job_key": job.job_key,
                                     "contract": esc.contract_address, "payer": view.payer})
+
+
+def late_watched(jobs: Iterable[JobRecord], now: float) -> list[JobRecord]:
+    """The failed wallet jobs whose funding may still arrive late, newest first, at most
+    :data:`MAX_LATE_WATCHED` (pure)."""
+    out = [j for j in jobs if j.state == "failed" and j.job_key is None and j.funding
+           and int(str(j.funding.get("late_watch_until") or 0)) > now]
+    out.sort(key=lambda j: -int(str((j.funding or {}).get("expires_at", 0))))
+    return out[:MAX_LATE_WATCHED]
+
+
+class LateFunding:
+    """Finds wallet payments that arrived after their job's payment window (see the module
+    doc); ``on_late(job)`` asks the settler to cancel one (the job key is then the job's)."""
+
+    def __init__(self, svc: ClientServices, on_late: Callable[[JobRecord], None]) -> None:
+        self.svc = svc
+        self.on_late = on_late
+
+    async def check(self, job: JobRecord) -> bool:
+        """Look at one watched job's key once; True when it was funded late with this node as
+        operator (recorded, and handed to ``on_late``). A job found in any other state on
+        chain is watched no more."""
+        svc, esc = self.svc, self.svc.escrow
+        funding = job.funding or {}
+        key = bytes.fromhex(str(funding["job_key"])[2:])
+        view = await in_thread(esc.job, key)
+        if view.status == JobStatusV2.NONE:
+            return False
+        job = svc.job(job.job_id)  # fresh: the API may have written it while we read the chain
+        funding = job.funding or {}
+        funding["late_watch_until"] = 0
+        mine = view.operator.lower() == svc.identity.address.lower()
+        if view.status != JobStatusV2.OPEN or not mine:
+            svc.event(job, f"funded by {view.payer} after the payment window closed; it is "
+                           f"{view.status.name.lower()} on chain" + ("" if mine else
+                           f" with operator {view.operator}, not this node: the payer can cancel it"))
+            svc.db.put_job(job)
+            return False
+        job.job_key, job.nonce = key.hex(), int(str(funding["nonce"]))
+        job.payer, job.operator, job.contract = view.payer, view.operator, esc.contract_address
+        job.deposited_wei = view.escrow
+        svc.event(job, f"{view.payer} funded {view.escrow} after the payment window closed: cancelling it "
+                       "on chain so the money returns to the wallet")
+        svc.db.put_job(job)
+        self.on_late(job)
+        return True
+
+    async def watch(self) -> None:
+        """Check every watched job each :data:`LATE_POLL_S` seconds, forever."""
+        while True:
+            await trio.sleep(LATE_POLL_S)
+            for job in late_watched(self.svc.db.jobs(), time.time()):
+                try:
+                    await self.check(job)
+                except Exception as exc:  # a chain hiccup: the next pass tries again
+                    log.warning("late funding check of %s failed: %s", job.job_id, exc)

@@ -39,12 +39,12 @@ from fedswarm.protocol.messages import Role
 from fedswarm.roles.client.bidding import Bidding, fund_trainers
 from fedswarm.roles.client.exchange import Exchange
 from fedswarm.roles.client.finish import FUNDED_STATES, Finish
-from fedswarm.roles.client.payment import Payment, is_wallet_job
+from fedswarm.roles.client.payment import LateFunding, Payment, is_wallet_job
 from fedswarm.roles.client.records import NODE_OWNER, TERMINAL, JobRecord, JobState, JobTerms
 from fedswarm.roles.client.review import Review
 from fedswarm.roles.client.rounds import Rounds
 from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread, log
-from fedswarm.roles.client.settlement import Settler, round_checked
+from fedswarm.roles.client.settlement import Settler, request_close, round_checked
 from fedswarm.roles.client.submission import Submission
 from fedswarm.roles.client.training import JobStrategies
 from fedswarm.storage.base import ObjectStore
@@ -73,6 +73,7 @@ class ClientRole:
         self.payment = Payment(svc, self.fund_trainers)
         self.review = Review(svc, JobStrategies(svc.job_dir))
         self.settler = Settler(svc, self.submit_verdicts, self.complete_job)
+        self.late_funding = LateFunding(svc, self._cancel_late_funding)
         self.rounds = Rounds(svc, self.review, self._round_checked, self._cancel_requested.__contains__)
         self.exchange = Exchange(svc, self.rounds.wake)
         self.finishing = Finish(svc, self.settler)
@@ -147,6 +148,11 @@ class ClientRole:
     async def _await_payment(self, job: JobRecord) -> None:
         await self.payment.wait(job, self._cancel_requested.__contains__)
 
+    def _cancel_late_funding(self, job: JobRecord) -> None:
+        # A wallet paid after its window: the job failed, so the settler cancels what it funded.
+        request_close(self.svc, job, "cancel")
+        self.settler.kick()
+
     async def _round_checked(self, job: JobRecord, r: int) -> None:
         await round_checked(self.svc, self.settler, job, r)
 
@@ -168,6 +174,7 @@ class ClientRole:
         if not self._settler_started:
             self._settler_started = True
             self.svc.node.nursery.start_soon(self.settler.run)
+            self.svc.node.nursery.start_soon(self.late_funding.watch)
 
     def start(self, job_id: str) -> None:
         """Drive ``job_id`` in the node's nursery unless that already happens."""
