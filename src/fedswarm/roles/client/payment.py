@@ -144,10 +144,13 @@ class Payment:
                    else funding_mismatch(view, funding, registered))
         # From here the job key is the job's: a cancel or a failure closes it on chain.
         job.nonce, job.payer, job.operator = int(funding["nonce"]), view.payer, view.operator
-        job.contract, job.escrow_tx = esc.contract_address, job.funding_tx_hint
+        job.contract = esc.contract_address
         # (Not when the job is no longer open: the payer closed it already, nothing to cancel.)
         if view.status == JobStatusV2.OPEN and (problem is None or view.operator.lower() == svc.identity.address.lower()):
             job.job_key = key.hex()
+            # Only with the key: a job with a funding transaction and no v2 key reads as one
+            # funded on the v1 contract, which fail() would then try to close there.
+            job.escrow_tx = job.funding_tx_hint
         if problem is not None:
             job.deposited_wei = view.escrow
             svc.db.put_job(job)
