@@ -181,7 +181,9 @@ def _assert_paid_once(net: Net, job: dict[str, Any]) -> Any:
     """Each (round, slot) accepted exactly once; every trainer paid its price times the units
     the client accepted from it, as the chain says; nothing claimed."""
     accepted = Counter((u["round"], u["slot"]) for u in job["units"] if u["verdict"] == "accepted")
-    assert set(accepted.values()) == {1} and len(accepted) == 2 * job["rounds"], accepted
+    assert set(accepted.values()) == {1} and len(accepted) == 2 * job["rounds"], (
+        accepted, [{k: u.get(k) for k in ("round", "slot", "unit", "state", "verdict", "reason", "trainer_peer")}
+                   for u in job["units"]], [e["msg"] for e in job["events"]][-40:])
     books = net.books(job)
     for t in net.trainers:
         mine = sum(u["verdict"] == "accepted" for u in job["units"] if u["trainer_peer"] == t.peer_id)

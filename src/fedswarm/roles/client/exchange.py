@@ -28,11 +28,15 @@ from fedswarm.protocol.job import Ack, UnitDone, UnitReceipt, UnitRefused, Updat
 from fedswarm.roles.client.records import TERMINAL, JobRecord, UnitRecord
 from fedswarm.roles.client.services import ClientServices, in_thread, log
 from fedswarm.roles.client.training import max_update_bytes, update_files
-from fedswarm.storage.base import ObjectTooLarge
+from fedswarm.storage.base import IntegrityError, ObjectNotFound, ObjectTooLarge
 from fedswarm.storage.sealed import JobObjects, SealedError, open_file, open_key_b64
 
 # States in which a delivery can still be receipted (the unit is out and its round is open).
 OUTSTANDING = ("assigned", "accepted")
+
+
+class StoreNotReadable(Exception):
+    """The delivered object could not be read because of the store or our side of the link."""
 
 
 class RefuseDelivery(Exception):
@@ -92,6 +96,13 @@ class Exchange:
                 await in_thread(self._fetch_ciphertext, job, rec, msg)
             except RefuseDelivery as exc:
                 return await self._refuse(job, msg, address, exc.code, rec), None
+            except StoreNotReadable as exc:
+                # Not the trainer's fault (our link or the store is down): no signed refusal,
+                # which would leave its work unpaid; a retryable answer, so it delivers again.
+                self.svc.event(job, f"round {msg.round}: the update of unit {msg.unit} could not be read "
+                                    f"from the store ({exc}); the trainer delivers again")
+                raise Rejected(f"the client could not read the update from the store ({exc}); retry",
+                               code="busy") from None
             # The receipt is recorded before it leaves: a restarted client sends the same one.
             receipt, signature = await in_thread(
                 self.svc.escrow.issue_receipt, bytes.fromhex(job.job_key or ""), msg.round, msg.unit,
@@ -118,13 +129,13 @@ class Exchange:
             with tmp.open("rb") as fh:  # hashed from disk in blocks: no second copy in memory
                 digest = hashlib.file_digest(fh, "sha256").hexdigest()
             size = tmp.stat().st_size
-        except ObjectTooLarge:
+        except (ObjectTooLarge, ObjectNotFound, IntegrityError) as exc:  # what the trainer delivered
             tmp.unlink(missing_ok=True)
+            log.info("%s: unit %s/%s object refused: %s", job.job_id, rec.round, rec.unit, exc)
             raise RefuseDelivery("bad-object") from None
-        except Exception as exc:  # ObjectNotFound, transport errors: nothing to receipt
+        except Exception as exc:  # the store unreachable or failing, our credentials: our side
             tmp.unlink(missing_ok=True)
-            log.info("%s: unit %s/%s object unreadable: %s", job.job_id, rec.round, rec.unit, exc)
-            raise RefuseDelivery("bad-object") from None
+            raise StoreNotReadable(str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__) from None
         if digest != msg.update_sha256 or size != msg.update_size:
             tmp.unlink(missing_ok=True)
             raise RefuseDelivery("bad-object")
