@@ -75,6 +75,15 @@ def wait_for(predicate, timeout: float, interval: float = 0.2, what: str = "cond
     raise AssertionError(f"{what} not reached within {timeout} s (last: {last!r})")
 
 
+async def wait_until(predicate, timeout: float, what: str) -> None:  # type: ignore[no-untyped-def]
+    """In-process tests (trio): poll ``predicate`` until true; TooSlowError after ``timeout``."""
+    import trio
+
+    with trio.fail_after(timeout):
+        while not predicate():
+            await trio.sleep(0.05)
+
+
 def trainer_online(observer: NodeProcess, peer_id: str) -> bool | None:
     """Whether ``observer``'s directory lists ``peer_id`` as online (None if absent)."""
     rows = httpx.get(f"{observer.api}/api/v1/peers", timeout=5).json()["directory"]

@@ -102,13 +102,21 @@ async def test_funding_call_names_the_wallet_as_payer_and_the_node_as_operator()
     assert job.job_key is None  # not the job's until the chain shows it funded
 
 
-async def test_not_paid_in_time_fails_with_nothing_to_refund() -> None:
+async def unpaid() -> tuple[Payment, FakeEscrow, JobRecord]:
+    """A quoted job whose payment window closed with nothing on chain (then failed, as the
+    driver records it)."""
     pay, escrow, job = make()
     await pay.request(job)
     assert job.funding is not None
     job.funding["expires_at"] = int(time.time()) - 1
-    with pytest.raises(JobFailed, match="not paid in time"):
+    with pytest.raises(JobFailed, match="not paid in time.*cancelled by this node"):
         await pay.wait(job, lambda _: False)
+    job.state = "failed"
+    return pay, escrow, job
+
+
+async def test_not_paid_in_time_fails_with_nothing_to_refund() -> None:
+    pay, escrow, job = await unpaid()
     assert job.job_key is None  # fail() then closes nothing on chain
 
 
@@ -167,14 +175,9 @@ async def test_funded_as_quoted_is_escrowed() -> None:
 
 
 async def test_a_window_that_closes_unpaid_is_watched_until_the_deadline() -> None:
-    pay, escrow, job = make()
-    await pay.request(job)
+    pay, escrow, job = await unpaid()
     assert job.funding is not None
-    job.funding["expires_at"] = int(time.time()) - 1
-    with pytest.raises(JobFailed, match="cancelled by this node"):
-        await pay.wait(job, lambda _: False)
     assert job.funding["late_watch_until"] == job.funding["deadline"]
-    job.state = "failed"
     assert late_watched([job], time.time()) == [job]
     assert late_watched([job], job.funding["deadline"] + 1) == []  # past the deadline: release does it
     funded = job.model_copy(update={"job_id": "other", "job_key": "ab" * 32})
@@ -186,10 +189,8 @@ async def test_a_window_that_closes_unpaid_is_watched_until_the_deadline() -> No
 
 
 async def test_a_late_payment_is_handed_over_for_cancelling() -> None:
-    pay, escrow, job = make()
-    await pay.request(job)
+    pay, escrow, job = await unpaid()
     assert job.funding is not None
-    job.state, job.funding["late_watch_until"] = "failed", int(job.funding["deadline"])
     late: list[JobRecord] = []
     watch = LateFunding(pay.svc, late.append)
     # nothing on chain yet: still watched
@@ -204,10 +205,8 @@ async def test_a_late_payment_is_handed_over_for_cancelling() -> None:
     assert "after the payment window closed: cancelling" in job.events[-1]["msg"]
     assert late_watched([job], time.time()) == []
     # funded late naming another operator: not this node's to cancel, watched no more
-    pay, escrow, job = make()
-    await pay.request(job)
+    pay, escrow, job = await unpaid()
     assert job.funding is not None
-    job.state, job.funding["late_watch_until"] = "failed", int(job.funding["deadline"])
     escrow.view = _view(total, operator=WALLET)
     late.clear()
     assert not await LateFunding(pay.svc, late.append).check(job)

@@ -321,16 +321,14 @@ class Presence:
         try:
             pid = ID.from_base58(peer_id)
             network = self.host.get_network()
-            conns = list(network.get_connections(pid))
-            aborted = [False] * len(conns)
 
-            async def close(i: int) -> None:
-                aborted[i] = await close_connection(conns[i])
+            async def close(conn: Any) -> None:
+                if await close_connection(conn):
+                    self.stats["connections_aborted"] += 1
 
             async with trio.open_nursery() as n:
-                for i in range(len(conns)):
-                    n.start_soon(close, i)
-            self.stats["connections_aborted"] += sum(aborted)
+                for conn in list(network.get_connections(pid)):
+                    n.start_soon(close, conn)
             network.unblock_peer(pid)
         except Exception as exc:
             log.debug("dropping connections to %s failed: %r", peer_id, exc)
