@@ -344,21 +344,10 @@ class Node(Presence):
                 await conn.muxed_conn.close()
 
     def remember_addrs(self, peer_id: str, addrs: list[str] | None = None) -> None:
-        """Put ``peer_id``'s addresses (from the directory, plus ``addrs`` it gave us itself)
-        in the peerstore so that a dial finds them. Addresses of another peer are ignored."""
-        from libp2p.peer.id import ID
-
+        """Put ``peer_id``'s addresses (from the directory, which holds what its latest heartbeat
+        said, then ``addrs`` it gave us itself) in the peerstore so that a dial finds them."""
         rec = self.directory.get(peer_id)
-        known = [*(rec.addrs if rec else []), *(addrs or [])]
-        maddrs = []
-        for a in known:
-            base, _, pid = a.partition("/p2p/")
-            if pid and pid != peer_id:
-                continue
-            with contextlib.suppress(Exception):
-                maddrs.append(multiaddr.Multiaddr(base))
-        if maddrs:
-            self.host.get_peerstore().add_addrs(ID.from_base58(peer_id), maddrs, 3600)
+        self._set_peer_addrs(peer_id, [*(rec.addrs if rec else []), *(addrs or [])])
 
     async def _handle_ping(self, peer: str, msg: Ping, blob: bytes | None) -> tuple[WireModel, bytes | None]:
         return Pong(nonce=msg.nonce, role=self.role), None

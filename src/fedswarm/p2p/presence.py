@@ -12,6 +12,7 @@ pubsub plumbing so that each part reads on its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable
@@ -360,6 +361,43 @@ class Presence:
             except Exception as exc:
                 log.debug("dropping the stale pubsub stream to %s failed: %r", pid, exc)
 
+    def _set_peer_addrs(self, peer_id: str, addrs: list[str]) -> list[multiaddr.Multiaddr]:
+        """Make ``addrs`` (freshest first; any naming another peer ignored) the addresses a dial
+        of ``peer_id`` tries; returns them as multiaddrs.
+
+        py-libp2p only ever appends to a peer's addresses, and dials one per transport, the
+        oldest: after a peer restarted on a new port, its stale address would be dialled for
+        good. So a changed list replaces the old one, and the 60 s "every address failed" block
+        the stale address earned is lifted."""
+        from libp2p.peer.id import ID
+        from libp2p.peer.peerstore import PeerStoreError
+
+        maddrs: list[multiaddr.Multiaddr] = []
+        for a in addrs:
+            base, _, pid = a.partition("/p2p/")
+            if pid and pid != peer_id:
+                continue
+            with contextlib.suppress(Exception):
+                ma = multiaddr.Multiaddr(base)
+                if ma not in maddrs:
+                    maddrs.append(ma)
+        if not maddrs:
+            return maddrs
+        pid_ = ID.from_base58(peer_id)
+        store = self.host.get_peerstore()
+        try:
+            current = list(store.addrs(pid_))
+        except PeerStoreError:
+            current = []
+        # (identify stores the same addresses with a /p2p/ suffix: compare without it)
+        if current and [str(a).split("/p2p/")[0] for a in current[:len(maddrs)]] != [str(a) for a in maddrs]:
+            store.clear_addrs(pid_)
+            self.stats["peer_addrs_replaced"] += 1
+            with contextlib.suppress(Exception):
+                self.host.get_network().unblock_peer(pid_)
+        store.add_addrs(pid_, maddrs, 3600)
+        return maddrs
+
     async def _dial(self, peer_id: str, addrs: list[str]) -> None:
         from libp2p.peer.id import ID
         from libp2p.peer.peerinfo import PeerInfo
@@ -368,7 +406,7 @@ class Presence:
             return
         try:
             pid = ID.from_base58(peer_id)
-            maddrs = [multiaddr.Multiaddr(a.split("/p2p/")[0]) for a in addrs]
+            maddrs = self._set_peer_addrs(peer_id, addrs)
             self.host.get_network().unblock_peer(pid)
             with trio.move_on_after(self.dial_timeout):
                 await self.host.connect(PeerInfo(pid, maddrs))
