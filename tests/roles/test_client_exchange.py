@@ -1,7 +1,8 @@
 """The client's UnitDone handling when the delivered object cannot be read: a missing or
 oversized object is the trainer's fault (signed refusal, the slot freed); a store the client
 cannot reach (its own link down, the store failing) is not: no refusal, a retryable answer,
-the unit kept, and a later delivery is receipted.
+the unit kept, and a later delivery is receipted. A trainer's answer to its work order that
+arrives after its delivery was receipted (a slow or flapping link) leaves the receipt in place.
 
 Against the real client database and exchange; the store and the escrow's receipt signer are
 in-process doubles of the layer below (the end-to-end flap of the client's link is in
@@ -104,3 +105,33 @@ async def test_a_missing_object_is_refused_and_the_slot_freed(tmp_path: Path) ->
     reply, _ = await exchange.on_unit_done(TRAINER_PEER, _done(), None)
     assert isinstance(reply, UnitRefused) and reply.reason == "bad-object"
     assert db.units("job-x", 0)[0].state == "failed"
+
+
+@pytest.mark.parametrize("answer", ["accepted", "lost"])
+async def test_a_late_answer_to_the_order_keeps_the_receipt_issued_meanwhile(tmp_path: Path, answer: str) -> None:
+    # A trainer trains in milliseconds: on a slow or flapping link its delivery (and the
+    # exchange's receipt) can land before its answer to the work order does. The order's
+    # answer, taken late or lost, must not write the unit back to "accepted" or "failed".
+    from fedswarm.p2p.node import RpcError
+    from fedswarm.protocol.job import UnitAccepted
+    from fedswarm.roles.client.rounds import Rounds
+
+    exchange, db, _, _ = _setup(tmp_path)
+    svc = exchange.svc
+    delivered: list[Any] = []
+
+    async def request(peer: str, wu: Any, **kwargs: Any) -> tuple[Any, None]:
+        reply, _ = await exchange.on_unit_done(TRAINER_PEER, _done(), None)
+        delivered.append(reply)
+        if answer == "lost":
+            raise RpcError("timeout", "WorkUnit got no answer in 15 s")
+        return UnitAccepted(job_id="job-x", round=0, unit=0), None
+
+    svc.node = SimpleNamespace(request=request, rpc_timeout=15.0)
+    rounds = Rounds(svc, review=None, checked=None, cancel_requested=lambda job_id: False)  # type: ignore[arg-type]
+    rounds.work_unit = lambda *args: "the order"  # type: ignore[method-assign,assignment,return-value]
+    job = db.get_job("job-x")
+    rec = await rounds._assign(job, 0, 0, job.chosen[0], 0, None, time.time() + 60)  # type: ignore[arg-type]
+    assert isinstance(delivered[0], UnitReceipt)
+    [stored] = db.units("job-x", 0)
+    assert stored.state == "receipted" and stored.receipt is not None and rec.state == "receipted"

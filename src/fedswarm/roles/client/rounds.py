@@ -22,7 +22,7 @@ from fedswarm.p2p.node import Rejected, RpcError
 from fedswarm.protocol.job import Ack, ChunkRef, UnitAccepted, UnitFailed, WorkUnit
 from fedswarm.protocol.preprocessing import Preprocessing
 from fedswarm.roles.client.bidding import units_registered
-from fedswarm.roles.client.records import TERMINAL, JobRecord, RoundRecord, UnitRecord
+from fedswarm.roles.client.records import TERMINAL, JobRecord, RoundRecord, UnitRecord, UnitState
 from fedswarm.roles.client.review import Review, global_path
 from fedswarm.roles.client.services import ClientServices, JobFailed, in_thread
 from fedswarm.roles.client.training import max_update_bytes, unit_training
@@ -135,12 +135,20 @@ class Rounds:
         try:
             wu = await in_thread(self.work_unit, job, r, slot, unit, bid, global_ref, deadline)
             await svc.node.request(bid["peer_id"], wu, expect=(UnitAccepted,), timeout=svc.node.rpc_timeout)
-            rec.state = "accepted"
+            answer: tuple[UnitState, str | None] = ("accepted", None)
         except (RpcError, Rejected) as exc:
-            rec.state, rec.reason = "failed", f"assignment failed: {exc}"[:300]
-        svc.db.put_unit(rec)
+            answer = ("failed", f"assignment failed: {exc}"[:300])
+        # Re-read before writing: a trainer that trains in milliseconds can deliver (and the
+        # exchange record its receipt) or give up before its answer to the order arrives, on a
+        # slow or flapping link. Writing this record back would erase that receipt.
+        stored = next((u for u in svc.db.units(job.job_id, r) if u.unit == unit), None)
+        if stored is not None and stored.state != "assigned":
+            rec = stored
+        else:
+            rec.state, rec.reason = answer
+            svc.db.put_unit(rec)
         await svc.audit_entry(job, {"state": "assigned", "round": r, "unit": unit, "trainer": bid["peer_id"],
-                                    "ok": rec.state == "accepted"})
+                                    "ok": answer[0] == "accepted"})
         return rec
 
     def work_unit(self, job: JobRecord, r: int, slot: int, unit: int, bid: dict[str, Any],
