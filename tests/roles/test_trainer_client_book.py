@@ -58,6 +58,8 @@ def test_client_book_refuses_a_rejecting_operator_and_wash_trading_buys_no_rank(
     bad, good = wallet(chain), wallet(chain)
     job(bad, bad, 1, others, 6, lambda i: i % 4 == 0)  # 18 of 24 rejected
     job(good, good, 1, others, 6, lambda i: True)
+    # A trainer's work dir does not exist before its first unit: the first read must not fail.
+    assert ClientBook(tmp_path / "work", reader, max_rate=0.5, min_units=20).refresh() > 0
     book = ClientBook(tmp_path, reader, max_rate=0.5, min_units=20)
     assert book.refresh() > 0
     assert "rejected 18 of 24" in (book.refusal(bad.address) or "")

@@ -160,11 +160,13 @@ class Devnet:
             # relay's; anvil behind it takes any free port.
             anvil_port = 0 if hedera_units else chosen["chain"]
             starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
-                "store": lambda: start_local_store(home / "store", chosen["store"], host),
-                "chain": lambda: start_anvil(home / "chain", anvil_port, block_time or CLOCK_TICK_S,
-                                             mixed=not block_time, host=host),
-                "audit": lambda: start_audit_server(home / "audit" / "topics.db",
-                                                    chosen["audit"], host=host),
+                "store": _reusing("store", chosen["store"], ports.get("store"),
+                                  lambda port: start_local_store(home / "store", port, host)),
+                "chain": _reusing("chain", anvil_port, ports.get("chain"),
+                                  lambda port: start_anvil(home / "chain", port, block_time or CLOCK_TICK_S,
+                                                           mixed=not block_time, host=host)),
+                "audit": _reusing("audit", chosen["audit"], ports.get("audit"),
+                                  lambda port: start_audit_server(home / "audit" / "topics.db", port, host=host)),
             }
             procs, info = _start_all(starters)
             chain_extra: dict[str, Any] = {"value_units": "native"}
@@ -293,6 +295,25 @@ def stop_processes(procs: list[Popen[bytes]], timeout: float = STOP_TIMEOUT_S) -
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+Started = tuple[Popen[bytes], dict[str, Any]]
+
+
+def _reusing(service: str, port: int, requested: int | None,
+             start: Callable[[int], Started]) -> Callable[[], Started]:
+    """``start`` on ``port``; when that is the last run's port (not one the user asked for) and
+    another process took it between the check and the bind, on a free one instead."""
+    def run() -> Started:
+        try:
+            return start(port)
+        except Exception as exc:
+            if requested or not port:
+                raise
+            log.warning("devnet %s: the last run's port %d was taken meanwhile (%s); using a free one",
+                        service, port, exc)
+            return start(0)
+    return run
 
 
 def _start_all(

@@ -31,6 +31,7 @@ class ClientBook:
     """The escrow's settlements as one node sees them, scored per payer and operator."""
 
     def __init__(self, home: Path, escrow: EscrowV2, max_rate: float = 0.5, min_units: int = 20) -> None:
+        home.mkdir(parents=True, exist_ok=True)  # a trainer's work dir may not exist yet
         self.book_path = home / BOOK_FILE
         self.cursor_path = home / CURSOR_FILE
         self.escrow = escrow
