@@ -53,6 +53,7 @@ DEFAULT_BLOCK_TIME_S = 2.0
 CLOCK_TICK_S = 1.0
 
 Popen = subprocess.Popen  # the start functions return Popen[bytes]
+Started = tuple[Popen[bytes], dict[str, Any]]  # a service's process and its part of the state
 
 
 class DevnetError(RuntimeError):
@@ -159,7 +160,7 @@ class Devnet:
             # In Hedera units the chain's endpoint (its port, reused across restarts) is the
             # relay's; anvil behind it takes any free port.
             anvil_port = 0 if hedera_units else chosen["chain"]
-            starters: dict[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]] = {
+            starters: dict[str, Callable[[], Started]] = {
                 "store": _reusing("store", chosen["store"], ports.get("store"),
                                   lambda port: start_local_store(home / "store", port, host)),
                 "chain": _reusing("chain", anvil_port, ports.get("chain"),
@@ -297,9 +298,6 @@ def stop_processes(procs: list[Popen[bytes]], timeout: float = STOP_TIMEOUT_S) -
 # ---------------------------------------------------------------------- helpers
 
 
-Started = tuple[Popen[bytes], dict[str, Any]]
-
-
 def _reusing(service: str, port: int, requested: int | None,
              start: Callable[[int], Started]) -> Callable[[], Started]:
     """``start`` on ``port``; when that is the last run's port (not one the user asked for) and
@@ -316,9 +314,7 @@ def _reusing(service: str, port: int, requested: int | None,
     return run
 
 
-def _start_all(
-    starters: Mapping[str, Callable[[], tuple[Popen[bytes], dict[str, Any]]]],
-) -> tuple[dict[str, Popen[bytes]], dict[str, Any]]:
+def _start_all(starters: Mapping[str, Callable[[], Started]]) -> tuple[dict[str, Popen[bytes]], dict[str, Any]]:
     # The three services start in parallel: each spends most of its start-up importing
     # Python modules or waiting for a port, so this cuts the devnet's start to the slowest one.
     procs: dict[str, Popen[bytes]] = {}

@@ -374,8 +374,8 @@ class Presence:
 
         maddrs: list[multiaddr.Multiaddr] = []
         for a in addrs:
-            base, _, pid = a.partition("/p2p/")
-            if pid and pid != peer_id:
+            base, _, owner = a.partition("/p2p/")
+            if owner and owner != peer_id:
                 continue
             with contextlib.suppress(Exception):
                 ma = multiaddr.Multiaddr(base)
@@ -383,19 +383,19 @@ class Presence:
                     maddrs.append(ma)
         if not maddrs:
             return maddrs
-        pid_ = ID.from_base58(peer_id)
+        pid = ID.from_base58(peer_id)
         store = self.host.get_peerstore()
         try:
-            current = list(store.addrs(pid_))
+            current = list(store.addrs(pid))
         except PeerStoreError:
             current = []
         # (identify stores the same addresses with a /p2p/ suffix: compare without it)
         if current and [str(a).split("/p2p/")[0] for a in current[:len(maddrs)]] != [str(a) for a in maddrs]:
-            store.clear_addrs(pid_)
+            store.clear_addrs(pid)
             self.stats["peer_addrs_replaced"] += 1
             with contextlib.suppress(Exception):
-                self.host.get_network().unblock_peer(pid_)
-        store.add_addrs(pid_, maddrs, 3600)
+                self.host.get_network().unblock_peer(pid)
+        store.add_addrs(pid, maddrs, 3600)
         return maddrs
 
     async def _dial(self, peer_id: str, addrs: list[str]) -> None:
