@@ -71,16 +71,13 @@ class Exchange:
                 return str(bid["address"])
         raise Rejected("you are not a trainer of this job", code="forbidden")
 
-    def _unit(self, job_id: str, r: int, unit: int) -> UnitRecord | None:
-        return next((u for u in self.svc.db.units(job_id, r) if u.unit == unit), None)
-
     async def on_unit_done(self, sender: str, msg: UnitDone, blob: bytes | None
                            ) -> tuple[UnitReceipt | UnitRefused, bytes | None]:
         """``UnitDone``: check the object, sign and record a receipt, answer with it."""
         job = self._job(msg.job_id)
         address = self._trainer_address(job, sender)
         async with self._lock(msg.job_id, msg.round, msg.unit):
-            rec = self._unit(msg.job_id, msg.round, msg.unit)
+            rec = self.svc.db.get_unit(msg.job_id, msg.round, msg.unit)
             try:
                 if rec is None or rec.trainer_peer != sender:
                     raise RefuseDelivery("unknown-unit")
@@ -158,7 +155,7 @@ class Exchange:
         """``UpdateKey``: open the receipted update with the trainer's key; the unit is delivered."""
         job = self._job(msg.job_id)
         async with self._lock(msg.job_id, msg.round, msg.unit):
-            rec = self._unit(msg.job_id, msg.round, msg.unit)
+            rec = self.svc.db.get_unit(msg.job_id, msg.round, msg.unit)
             if rec is None or rec.trainer_peer != sender or rec.receipt is None:
                 raise Rejected("no receipt was issued for this unit", code="forbidden")
             if rec.update_sha256 != msg.update_sha256:

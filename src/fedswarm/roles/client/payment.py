@@ -219,7 +219,9 @@ class LateFunding:
         """Check every watched job each :data:`LATE_POLL_S` seconds, forever."""
         while True:
             await trio.sleep(LATE_POLL_S)
-            for job in late_watched(self.svc.db.jobs(), time.time()):
+            # Off the event loop: every failed job's record is read and parsed.
+            failed = await in_thread(self.svc.db.jobs, "failed")
+            for job in late_watched(failed, time.time()):
                 try:
                     await self.check(job)
                 except Exception as exc:  # a chain hiccup: the next pass tries again

@@ -228,9 +228,11 @@ class ClientDB:
         rows = self._exec("SELECT body FROM jobs WHERE job_id = ?", (job_id,))
         return JobRecord.model_validate_json(rows[0][0]) if rows else None
 
-    def jobs(self) -> list[JobRecord]:
-        return sorted((JobRecord.model_validate_json(r[0]) for r in self._exec("SELECT body FROM jobs")),
-                      key=lambda j: j.created)
+    def jobs(self, state: JobState | None = None) -> list[JobRecord]:
+        """Every job (or those in ``state``), oldest first."""
+        rows = (self._exec("SELECT body FROM jobs") if state is None
+                else self._exec("SELECT body FROM jobs WHERE state = ?", (state,)))
+        return sorted((JobRecord.model_validate_json(r[0]) for r in rows), key=lambda j: j.created)
 
     # secrets: the per-job key material never leaves this file (0600)
     def put_secret(self, job_id: str, secret: bytes) -> None:
@@ -265,6 +267,11 @@ class ClientDB:
     # units
     def put_unit(self, u: UnitRecord) -> None:
         self._exec("INSERT OR REPLACE INTO units VALUES (?, ?, ?, ?)", (u.job_id, u.round, u.unit, u.model_dump_json()))
+
+    def get_unit(self, job_id: str, round_: int, unit: int) -> UnitRecord | None:
+        """One unit's record as stored now (None: no such unit)."""
+        rows = self._exec("SELECT body FROM units WHERE job_id = ? AND round = ? AND unit = ?", (job_id, round_, unit))
+        return UnitRecord.model_validate_json(rows[0][0]) if rows else None
 
     def units(self, job_id: str, round_: int | None = None) -> list[UnitRecord]:
         if round_ is None:

@@ -141,7 +141,7 @@ class Rounds:
         # Re-read before writing: a trainer that trains in milliseconds can deliver (and the
         # exchange record its receipt) or give up before its answer to the order arrives, on a
         # slow or flapping link. Writing this record back would erase that receipt.
-        stored = next((u for u in svc.db.units(job.job_id, r) if u.unit == unit), None)
+        stored = svc.db.get_unit(job.job_id, r, unit)
         if stored is not None and stored.state != "assigned":
             rec = stored
         else:
@@ -211,7 +211,7 @@ class Rounds:
         sender, msg = event
         if msg is None or msg.round != r:
             return  # a delivery: the exchange already recorded it
-        rec = next((u for u in self.svc.db.units(job.job_id, r) if u.unit == msg.unit), None)
+        rec = self.svc.db.get_unit(job.job_id, r, msg.unit)
         if rec is None or rec.trainer_peer != sender or rec.state not in ("assigned", "accepted"):
             return  # a unit already receipted stays with its trainer (its receipt is owed)
         rec.state, rec.reason = "failed", f"trainer gave up: {msg.reason}"[:300]
@@ -280,8 +280,8 @@ class Rounds:
         job = self.svc.db.get_job(msg.job_id)
         if job is None or job.state in TERMINAL:
             raise Rejected(f"unknown or finished job {msg.job_id}", code="not_found")
-        units = [u for u in self.svc.db.units(msg.job_id, msg.round) if u.unit == msg.unit]
-        if not units or units[0].trainer_peer != sender:
+        rec = self.svc.db.get_unit(msg.job_id, msg.round, msg.unit)
+        if rec is None or rec.trainer_peer != sender:
             raise Rejected("this unit was not assigned to you", code="forbidden")
         send, _ = self._inbox_pair(msg.job_id)
         await send.send((sender, msg))
